@@ -1,0 +1,104 @@
+"""Decide and build the tokenizer file (compression_state_dict.bin) that ships with an LM."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from .config import (AutoCompression, CheckpointCompression, CompressionConfig,
+                     NoCompression, PretrainedCompression, StateChoice)
+from .errors import ExportError
+from .release import lm_package, pointer_package
+from .safe_load import load_checkpoint
+from .sources import (PRETRAINED_PREFIX, SIG_PREFIX, CheckpointSource, default_dora_dir,
+                      resolve_checkpoint, resolve_signature)
+from .states import StateDict, select_state
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressionRelease:
+    """The tokenizer part of a release."""
+
+    package: dict[str, Any]  # the content of compression_state_dict.bin
+    reference: str  # what it was resolved from: //pretrained/NAME, //sig/SIG or a path
+    source: Optional[Path] = None  # the file read, if any
+    state_key: Optional[str] = None  # the checkpoint key exported, for a training checkpoint
+    state: Optional[StateDict] = None  # the exported weights, kept to verify the reload
+
+    @property
+    def pretrained(self) -> Optional[str]:
+        return self.package.get("pretrained")
+
+
+def resolve_compression(spec: CompressionConfig, lm_cfg: DictConfig, lm_source: CheckpointSource,
+                        trust: bool = False) -> Optional[CompressionRelease]:
+    """Build the tokenizer file's content for ``spec``; None for ``compression=none``."""
+    if isinstance(spec, NoCompression):
+        return None
+    if isinstance(spec, PretrainedCompression):
+        return CompressionRelease(pointer_package(spec.name), PRETRAINED_PREFIX + spec.name)
+    if isinstance(spec, CheckpointCompression):
+        ref = spec.path
+    elif isinstance(spec, AutoCompression):
+        ref = lm_cfg.get("compression_model_checkpoint")
+        if not ref or not isinstance(ref, str):
+            raise ExportError(
+                f"{lm_source.path}: xp.cfg has no compression_model_checkpoint; choose "
+                "compression=pretrained compression.name=..., compression=checkpoint "
+                "compression.path=... or compression=none")
+    else:
+        raise TypeError(f"unknown compression spec {spec!r}")
+    return _from_reference(ref, lm_source, trust)
+
+
+def _from_reference(ref: str, lm_source: CheckpointSource, trust: bool) -> CompressionRelease:
+    if ref.startswith(PRETRAINED_PREFIX):
+        return CompressionRelease(pointer_package(ref[len(PRETRAINED_PREFIX):]), ref)
+    if ref.startswith(SIG_PREFIX):
+        dora_dir = lm_source.dora_dir or default_dora_dir()
+        if dora_dir is None:
+            raise ExportError(
+                f"the tokenizer is {ref}, but {lm_source.path} is not inside a Dora dir "
+                "(<dora_dir>/xps/<sig>/) and AUDIOCRAFT_DORA_DIR is unset; set it, or pass "
+                "compression=checkpoint compression.path=<EnCodec checkpoint>")
+        try:
+            source = resolve_signature(ref, dora_dir)
+        except ExportError as exc:
+            raise ExportError(f"cannot resolve the tokenizer {ref}: {exc}") from None
+    elif ref.startswith("//"):
+        raise ExportError(f"cannot resolve the tokenizer reference {ref!r} outside the cluster "
+                          "it was trained on; pass compression=checkpoint compression.path=...")
+    else:
+        try:
+            source = resolve_checkpoint(ref)
+        except ExportError as exc:
+            raise ExportError(f"cannot resolve the tokenizer {ref}: {exc}") from None
+    return _from_file(source.path, ref, trust)
+
+
+def _from_file(path: Path, ref: str, trust: bool) -> CompressionRelease:
+    pkg = load_checkpoint(path, trust=trust)
+    if not isinstance(pkg, dict):
+        raise ExportError(f"tokenizer file {path} holds a {type(pkg).__name__}, not a checkpoint")
+    if pkg.get("exported"):  # already a release file: ship it as it is
+        if "pretrained" in pkg:
+            return CompressionRelease(pointer_package(pkg["pretrained"]), ref, source=path)
+        missing = [k for k in ("best_state", "xp.cfg", "version") if k not in pkg]
+        if missing:
+            raise ExportError(f"exported tokenizer {path} lacks {', '.join(missing)}")
+        return CompressionRelease(dict(pkg), ref, source=path, state_key="best_state",
+                                  state=dict(pkg["best_state"]))
+    cfg = pkg.get("xp.cfg")
+    if not isinstance(cfg, DictConfig):
+        raise ExportError(f"tokenizer checkpoint {path} has no xp.cfg config")
+    if cfg.get("solver") not in (None, "compression"):
+        raise ExportError(f"tokenizer checkpoint {path} comes from solver {cfg.solver!r}, "
+                          "not an EnCodec (compression) XP")
+    key, state = select_state(pkg, StateChoice.auto, source=f"tokenizer checkpoint {path}")
+    return CompressionRelease(lm_package(state, cfg), ref, source=path, state_key=key, state=state)

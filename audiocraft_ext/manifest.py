@@ -1,0 +1,52 @@
+"""Facts recorded in a release's export.json."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+
+def file_facts(path: Path) -> dict[str, Any]:
+    """Size and modification time of a source file."""
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size,
+            "mtime": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def written_file_facts(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def state_facts(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Tensor count, parameter count, dtypes and bytes of a flat state dict."""
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())
+    return {"tensors": len(state),
+            "parameters": sum(t.numel() for t in state.values()),
+            "dtypes": dict(sorted(dtypes.items())),
+            "bytes": sum(t.numel() * t.element_size() for t in state.values())}
+
+
+def versions() -> dict[str, str]:
+    import audiocraft
+    import hydra
+    import omegaconf
+
+    import audiocraft_ext
+
+    return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft.__version__,
+            "torch": torch.__version__, "omegaconf": omegaconf.__version__,
+            "hydra": hydra.__version__, "python": platform.python_version()}

@@ -1,0 +1,123 @@
+"""The audiocraft release format, and publishing a release folder atomically.
+
+A release folder holds ``state_dict.bin`` and ``compression_state_dict.bin`` exactly as
+``audiocraft.utils.export`` writes them, so ``MusicGen.get_pretrained(folder)`` loads it, plus
+our ``export.json`` manifest. It is assembled in a hidden staging folder beside its destination
+and renamed into place only once complete, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import audiocraft
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+LM_FILE = "state_dict.bin"
+COMPRESSION_FILE = "compression_state_dict.bin"
+MANIFEST_FILE = "export.json"
+
+
+def lm_package(state: Mapping[str, torch.Tensor], cfg: DictConfig) -> dict[str, Any]:
+    """What export_lm / export_encodec write: the flat state dict and the config as YAML."""
+    return {"best_state": dict(state), "xp.cfg": OmegaConf.to_yaml(cfg),
+            "version": audiocraft.__version__, "exported": True}
+
+
+def pointer_package(pretrained: str) -> dict[str, Any]:
+    """What export_pretrained_compression_model writes for a released tokenizer."""
+    return {"pretrained": pretrained, "exported": True, "version": audiocraft.__version__}
+
+
+def save_package(package: Mapping[str, Any], path: Path) -> None:
+    """torch.save to a file object (so the zip's record names do not depend on the file name),
+    fsync'ed so that a rename after it never publishes unwritten data."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(dict(package), f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ExportError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    lock_path = dest.parent / f".{dest.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise ExportError(f"another export is writing {dest} right now") from None
+            raise
+        yield
+
+
+@contextmanager
+def staged_release(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder; on a clean exit it becomes ``dest``, else it is removed.
+
+    Holds an exclusive lock on ``dest`` throughout, so two runs cannot interleave. With
+    ``overwrite``, an existing release is replaced only after the new one is complete.
+    """
+    dest = Path(dest).expanduser().absolute()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write into {dest.parent}: permission denied")
+    with _locked(dest):
+        if dest.exists() and not overwrite:
+            raise ExportError(f"{dest} already exists; choose another output.dir or set "
+                              "output.overwrite=true to replace it once the new export validated")
+        # Under the lock, any staging folder for dest is a leftover of a killed run.
+        for stale in dest.parent.glob(f".{dest.name}.staging-*"):
+            logger.info("removing %s, left over by an interrupted export", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = dest.parent / f".{dest.name}.staging-{os.getpid()}"
+        staging.mkdir()
+        try:
+            yield staging
+            _fsync_dir(staging)
+            if dest.exists():
+                replaced = dest.parent / f".{dest.name}.staging-{os.getpid()}-replaced"
+                dest.rename(replaced)
+                staging.rename(dest)
+                shutil.rmtree(replaced)
+            else:
+                staging.rename(dest)
+            _fsync_dir(dest.parent)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""Resolve what the user pointed at (a file, an XP folder, a Dora signature) to checkpoint files."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import ExportError
+
+SIG_PREFIX = "//sig/"
+PRETRAINED_PREFIX = "//pretrained/"
+_RANK_SHARD = re.compile(r"^(?P<base>.+\.th)\.(?P<rank>\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """A resolved training checkpoint and the Dora context it lives in."""
+
+    path: Path
+    name: str  # used to name the release folder: the XP signature, plus the epoch if any
+    dora_dir: Optional[Path]  # the folder holding xps/, when the checkpoint sits in one
+
+
+def checkpoint_filename(epoch: Optional[int] = None) -> str:
+    """Name of a solver checkpoint, as audiocraft.utils.checkpoint.checkpoint_name writes it."""
+    return "checkpoint.th" if epoch is None else f"checkpoint_{epoch}.th"
+
+
+def dora_dir_of(path: Path) -> Optional[Path]:
+    """The Dora dir of a checkpoint stored as <dora_dir>/xps/<sig>/<file>, else None."""
+    xp_dir = path.parent
+    return xp_dir.parent.parent if xp_dir.parent.name == "xps" else None
+
+
+def resolve_checkpoint(path: str | Path, epoch: Optional[int] = None) -> CheckpointSource:
+    """Resolve a checkpoint file or an XP folder (then ``checkpoint[_<epoch>].th`` inside it)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / checkpoint_filename(epoch)
+        if not candidate.is_file():
+            found = sorted(p.name for p in path.glob("checkpoint*.th"))
+            hint = f" (found: {', '.join(found)})" if found else " and no checkpoint*.th at all"
+            raise ExportError(f"{path} is a folder without {candidate.name}{hint}")
+        path = candidate
+    elif epoch is not None:
+        raise ExportError(f"input.epoch={epoch} needs an XP folder, but {path} is a file")
+    shard = _RANK_SHARD.match(path.name)
+    if shard:
+        raise ExportError(
+            f"{path} is the FSDP shard of rank {shard['rank']}; export the rank-0 file "
+            f"{path.with_name(shard['base'])}, whose fsdp_best_state holds the full model")
+    if not path.exists():
+        raise ExportError(f"{path}: no such checkpoint file or XP folder")
+    path = path.resolve()
+    name = path.parent.name if path.name == "checkpoint.th" else path.stem
+    if path.name.startswith("checkpoint_") and path.parent.parent.name == "xps":
+        name = f"{path.parent.name}_{path.stem[len('checkpoint_'):]}"
+    return CheckpointSource(path=path, name=name, dora_dir=dora_dir_of(path))
+
+
+def default_dora_dir() -> Optional[Path]:
+    value = os.environ.get("AUDIOCRAFT_DORA_DIR")
+    return Path(value) if value else None
+
+
+def resolve_signature(sig: str, dora_dir: Optional[str | Path], epoch: Optional[int] = None,
+                      ) -> CheckpointSource:
+    """Resolve ``<dora_dir>/xps/<sig>``; dora_dir defaults to ``$AUDIOCRAFT_DORA_DIR``."""
+    sig = sig[len(SIG_PREFIX):] if sig.startswith(SIG_PREFIX) else sig
+    root = Path(dora_dir).expanduser() if dora_dir else default_dora_dir()
+    if root is None:
+        raise ExportError(f"cannot resolve XP signature {sig!r}: set input.dora_dir "
+                          "or AUDIOCRAFT_DORA_DIR to the folder holding xps/")
+    xp_dir = root / "xps" / sig
+    if not xp_dir.is_dir():
+        raise ExportError(f"no XP {sig!r} in {root / 'xps'}")
+    return resolve_checkpoint(xp_dir, epoch)

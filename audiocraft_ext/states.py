@@ -1,0 +1,58 @@
+"""Pick the weights to release out of a solver checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .config import StateChoice
+from .errors import ExportError
+
+StateDict = dict[str, torch.Tensor]
+
+# checkpoint key holding each choice; best states are {'model': state_dict}, `model` is flat.
+_KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
+         StateChoice.last: "model"}
+
+
+def _model_state(pkg: Mapping[str, Any], key: str) -> StateDict | None:
+    value = pkg.get(key)
+    if key != "model" and isinstance(value, Mapping):
+        value = value.get("model")
+    return dict(value) if isinstance(value, Mapping) and value else None
+
+
+def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str = "checkpoint",
+                 ) -> tuple[str, StateDict]:
+    """Return ``(checkpoint key, flat model state dict)`` for ``choice``.
+
+    ``auto`` follows audiocraft's export_lm: a non-empty ``fsdp_best_state`` wins (on FSDP runs
+    rank 0's ``best_state`` holds only its own shards), else ``best_state``.
+    """
+    choice = StateChoice(choice)
+    if choice is StateChoice.auto:
+        for key in ("fsdp_best_state", "best_state"):
+            state = _model_state(pkg, key)
+            if state is not None:
+                return key, _checked(state, key, source)
+        present = [k for k in ("fsdp_best_state", "best_state") if k in pkg]
+        raise ExportError(
+            f"{source} has no usable best state: "
+            + (f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} empty"
+               if present else "neither fsdp_best_state nor best_state is present")
+            + " (state=last exports the raw model weights instead)")
+    key = _KEYS[choice]
+    state = _model_state(pkg, key)
+    if state is None:
+        why = "is empty" if key in pkg else "is missing"
+        raise ExportError(f"{source}: state={choice.value} needs '{key}', which {why}")
+    return key, _checked(state, key, source)
+
+
+def _checked(state: StateDict, key: str, source: str) -> StateDict:
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ExportError(f"{source}: '{key}' is not a model state dict "
+                          f"({bad!r} is a {type(state[bad]).__name__}, not a tensor)")
+    return state
