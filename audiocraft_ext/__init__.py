@@ -1,13 +1,29 @@
-"""Turn AudioCraft training checkpoints into validated release folders."""
+"""Turn AudioCraft training checkpoints into validated release folders.
+
+    from audiocraft_ext import export_release
+    export_release("dora/xps/SIG/checkpoint.th", "releases/SIG")
+
+Names are imported on first use, so that reading the configuration (``export_app.py --help``,
+``--cfg job``) does not pay for importing torch and audiocraft.
+"""
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import (AutoCompression, CheckpointCompression, NoCompression,  # noqa: E402
-                     PretrainedCompression, StateChoice, ValidateConfig, ValidateLevel)
-from .errors import ExportError  # noqa: E402
-from .exporter import ExportResult, export_release  # noqa: E402
-from .safe_load import UnsafeCheckpointError, load_checkpoint  # noqa: E402
+_EXPORTS = {
+    "export_release": "exporter", "ExportResult": "exporter",
+    "ExportError": "errors",
+    "load_checkpoint": "safe_load", "UnsafeCheckpointError": "safe_load",
+    "StateChoice": "config", "ValidateConfig": "config", "ValidateLevel": "config",
+    "AutoCompression": "config", "PretrainedCompression": "config",
+    "CheckpointCompression": "config", "NoCompression": "config",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["export_release", "ExportResult", "ExportError", "UnsafeCheckpointError",
-           "load_checkpoint", "StateChoice", "ValidateConfig", "ValidateLevel",
-           "AutoCompression", "PretrainedCompression", "CheckpointCompression", "NoCompression"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

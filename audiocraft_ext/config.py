@@ -111,9 +111,9 @@ class ExportConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas that ``conf/`` YAML files extend (``<name>_schema``)."""
+    """Register the schemas that ``conf/`` YAML files extend: ``schema/<group>/<name>``."""
     cs = ConfigStore.instance()
-    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(group="schema", name="export", node=ExportConfig)
     for group, name, node in [
         ("input", "checkpoint", CheckpointInput),
         ("input", "xp", XPInput),
@@ -126,4 +126,4 @@ def register_configs() -> None:
         ("output", "output", OutputConfig),
         ("validate", "validate", ValidateConfig),
     ]:
-        cs.store(group=group, name=f"{name}_schema", node=node)
+        cs.store(group=f"schema/{group}", name=name, node=node)

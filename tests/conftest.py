@@ -1,0 +1,111 @@
+"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
+from audiocraft_ext.safe_load import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def dora_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dora")
+
+
+@pytest.fixture(scope="session")
+def encodec_ckpt(dora_dir) -> Path:
+    return write_encodec_xp(dora_dir)
+
+
+@pytest.fixture(scope="session")
+def musicgen_xp(dora_dir, encodec_ckpt) -> Callable[..., Path]:
+    """Write (once per set of overrides) a MusicGen XP trained against ``encodec_ckpt``."""
+    cache: dict[tuple, Path] = {}
+
+    def make(*overrides: str, compression: str | None = None) -> Path:
+        key = (overrides, compression)
+        if key not in cache:
+            ref = compression or f"//sig/{encodec_ckpt.parent.name}"
+            cache[key] = write_musicgen_xp(dora_dir, ref, overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def musicgen_ckpt(musicgen_xp) -> Path:
+    return musicgen_xp()
+
+
+@pytest.fixture(scope="session")
+def derived_ckpt(musicgen_ckpt, tmp_path_factory) -> Callable[..., Path]:
+    """A copy of the MusicGen XP's checkpoint, edited by ``edit(pkg)`` and re-saved with
+    audiocraft's checkpoint writer, in a Dora dir of its own that shares the tokenizer XP."""
+    from audiocraft.utils.checkpoint import save_checkpoint
+
+    def make(name: str, edit: Callable[[dict], None]) -> Path:
+        pkg = load_checkpoint(musicgen_ckpt)
+        pkg = {k: v for k, v in pkg.items()}
+        edit(pkg)
+        path = musicgen_ckpt.parent.parent / f"{musicgen_ckpt.parent.name}-{name}" / "checkpoint.th"
+        path.parent.mkdir(exist_ok=True)
+        save_checkpoint(pkg, path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def fsdp_ckpt(derived_ckpt) -> Path:
+    """rank 0 of an FSDP run: fsdp_best_state holds the full model, unlike best_state."""
+    def edit(pkg: dict) -> None:
+        full = {k: v.clone() + 1 if v.is_floating_point() else v.clone()
+                for k, v in pkg["best_state"]["model"].items()}
+        pkg["fsdp_best_state"] = {"model": full}
+    return derived_ckpt("fsdp", edit)
+
+
+@pytest.fixture(scope="session")
+def plain_cfg_ckpt(derived_ckpt) -> Path:
+    """xp.cfg made with OmegaConf.create instead of hydra.compose."""
+    def edit(pkg: dict) -> None:
+        pkg["xp.cfg"] = OmegaConf.create(OmegaConf.to_container(pkg["xp.cfg"]))
+    return derived_ckpt("plaincfg", edit)
+
+
+@pytest.fixture(scope="session")
+def no_best_ckpt(derived_ckpt) -> Path:
+    def edit(pkg: dict) -> None:
+        pkg["best_state"] = {}
+        pkg["fsdp_best_state"] = {}
+    return derived_ckpt("nobest", edit)
+
+
+def run_app(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """Run export_app.py as a user would, in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "export_app.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"export_app failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "[ERROR]" in line]

@@ -1,0 +1,125 @@
+"""export_app.py: through hydra.compose, and as a subprocess the way users run it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from audiocraft_ext.app import run
+from audiocraft_ext.config import register_configs
+from audiocraft_ext.manifest import sha256_of
+from conftest import ROOT, error_lines, run_app
+
+register_configs()
+
+
+def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="export", overrides=[
+            "input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={tmp_path}/rel",
+            "validate=load"])
+    result = run(cfg)
+    assert result.release_dir == tmp_path / "rel"
+    assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt)}
+    assert result.manifest["validation"]["level"] == "load"
+
+
+def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
+    proc = run_app(f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    release = tmp_path / "run" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+    assert proc.stdout.strip().splitlines()[-1] == str(release)
+    assert sorted(p.name for p in release.iterdir()) == [
+        "compression_state_dict.bin", "export.json", "state_dict.bin"]
+    manifest = json.loads((release / "export.json").read_text())
+    assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
+    assert manifest["compression"]["reference"].startswith("//sig/")
+    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]] == [
+        "lm_file", "load_lm_model", "load_compression_model", "get_pretrained", "generate"]
+    assert manifest["config"]["validate"]["level"] == "full"
+    saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert saved.state.select == "auto"
+    assert (tmp_path / "run" / "export_app.log").read_text().count("validate=full: lm_file ok") == 1
+
+
+def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
+    run_app("input=checkpoint", f"input.path={musicgen_ckpt}", f"hydra.run.dir={tmp_path}/run",
+            cwd=tmp_path, check=True)
+    release = tmp_path / "run" / musicgen_ckpt.parent.name
+    code = ("import sys; from audiocraft.models import MusicGen; "
+            "m = MusicGen.get_pretrained(sys.argv[1], device='cpu'); "
+            "m.set_generation_params(duration=1); print(tuple(m.generate_unconditional(2).shape))")
+    out = subprocess.run([sys.executable, "-c", code, str(release)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "(2, 1, 32000)"
+
+
+def test_dora_signature_with_explicit_state_and_output(fsdp_ckpt, tmp_path):
+    dora_dir = fsdp_ckpt.parent.parent.parent
+    out = tmp_path / "release"
+    run_app("input=xp", f"input.dora_dir={dora_dir}", f"input.sig={fsdp_ckpt.parent.name}",
+            "state=best", "validate=load", f"output.dir={out}", f"hydra.run.dir={tmp_path}/run",
+            cwd=tmp_path, check=True)
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["state"]["key"] == "best_state"
+    assert manifest["source"]["xp_sig"] == fsdp_ckpt.parent.name.split("-")[0]
+
+
+def test_missing_state_exits_non_zero_with_one_line(no_best_ckpt, tmp_path):
+    proc = run_app("input=checkpoint", f"input.path={no_best_ckpt}", f"hydra.run.dir={tmp_path}",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    [line] = error_lines(proc.stderr)
+    assert line.endswith(f"{no_best_ckpt} has no usable best state: fsdp_best_state and "
+                         "best_state are empty (state=last exports the raw model weights instead)")
+    assert not (tmp_path / no_best_ckpt.parent.name).exists()
+
+
+def test_existing_release_is_an_error_and_untouched(musicgen_ckpt, tmp_path):
+    out = tmp_path / "release"
+    args = ("input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={out}",
+            "validate=none", f"hydra.run.dir={tmp_path}/run")
+    run_app(*args, cwd=tmp_path, check=True)
+    digest = sha256_of(out / "state_dict.bin")
+    proc = run_app(*args, "state=last", cwd=tmp_path)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert line.endswith(f"{out} already exists; choose another output.dir or set "
+                         "output.overwrite=true to replace it once the new export validated")
+    assert sha256_of(out / "state_dict.bin") == digest
+
+
+def test_missing_mandatory_value(tmp_path):
+    proc = run_app("input=checkpoint", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert line.endswith("input.path is required: add input.path=... to the command")
+
+
+def test_cfg_job_and_help_are_fast_paths(tmp_path):
+    proc = run_app("--cfg", "job", "state=fsdp_best", "input=checkpoint", "input.path=x.th",
+                   cwd=tmp_path, check=True)
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.state.select == "fsdp_best" and cfg.input.path == "x.th"
+    helped = run_app("--help", cwd=tmp_path, check=True).stdout
+    assert "input: checkpoint, demo, xp" in helped
+    assert "state: auto, best, fsdp_best, last" in helped
+    assert not list(tmp_path.iterdir())  # neither writes outputs
+
+
+def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
+    proc = run_app("-m", "input=checkpoint", f"input.path={musicgen_ckpt},{fsdp_ckpt}",
+                   "validate=load", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, check=True)
+    releases = {}
+    for job, ckpt in enumerate([musicgen_ckpt, fsdp_ckpt]):
+        release = tmp_path / "sweep" / str(job) / ckpt.parent.name
+        manifest = json.loads((release / "export.json").read_text())
+        assert manifest["source"]["path"] == str(ckpt)
+        releases[job] = torch.load(release / "state_dict.bin", weights_only=True)["best_state"]
+        assert (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").exists()
+        assert str(release) in proc.stdout.splitlines()
+    assert not torch.equal(releases[0]["emb.0.weight"], releases[1]["emb.0.weight"])

@@ -1,0 +1,173 @@
+"""export_release on real solver checkpoints, checked with stock audiocraft."""
+
+import json
+import subprocess
+import sys
+
+import audiocraft
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext import (CheckpointCompression, ExportError, NoCompression,
+                            PretrainedCompression, ValidateConfig, export_release)
+from audiocraft_ext.manifest import sha256_of
+from audiocraft_ext.safe_load import load_checkpoint
+
+LOAD = ValidateConfig(level="load")
+
+
+def _assert_equal_states(actual, expected):
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        assert torch.equal(actual[key], tensor), key
+
+
+@pytest.fixture(scope="module")
+def release(musicgen_ckpt, tmp_path_factory):
+    return export_release(musicgen_ckpt, tmp_path_factory.mktemp("rel") / "musicgen")
+
+
+def test_state_dict_bin_is_what_export_lm_writes(release, musicgen_ckpt):
+    source = load_checkpoint(musicgen_ckpt)
+    # stock loaders on torch >= 2.6 read with weights_only=True: the release must allow it
+    pkg = torch.load(release.release_dir / "state_dict.bin", map_location="cpu", weights_only=True)
+    assert sorted(pkg) == ["best_state", "exported", "version", "xp.cfg"]
+    assert pkg["exported"] is True and pkg["version"] == audiocraft.__version__
+    assert pkg["xp.cfg"] == OmegaConf.to_yaml(source["xp.cfg"])
+    _assert_equal_states(pkg["best_state"], source["best_state"]["model"])
+
+
+def test_tokenizer_is_the_encodec_xp_best_state(release, encodec_ckpt):
+    pkg = torch.load(release.release_dir / "compression_state_dict.bin", weights_only=True)
+    source = load_checkpoint(encodec_ckpt)
+    assert OmegaConf.create(pkg["xp.cfg"]).solver == "compression"
+    _assert_equal_states(pkg["best_state"], source["best_state"]["model"])
+
+
+def test_manifest(release, musicgen_ckpt):
+    manifest = json.loads((release.release_dir / "export.json").read_text())
+    assert manifest["source"]["path"] == str(musicgen_ckpt)
+    assert manifest["source"]["bytes"] == musicgen_ckpt.stat().st_size
+    assert manifest["state"]["key"] == "best_state"
+    assert manifest["state"]["dtypes"] == {"float16": manifest["state"]["tensors"]}
+    best = load_checkpoint(musicgen_ckpt)["best_state"]["model"]
+    assert manifest["state"]["tensors"] == len(best)
+    assert manifest["state"]["parameters"] == sum(t.numel() for t in best.values())
+    for name, facts in manifest["files"].items():
+        path = release.release_dir / name
+        assert facts == {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    assert set(manifest["files"]) == {"state_dict.bin", "compression_state_dict.bin"}
+    assert manifest["versions"]["audiocraft"] == audiocraft.__version__
+    checks = {c["check"]: c for c in manifest["validation"]["checks"]}
+    assert list(checks) == ["lm_file", "load_lm_model", "load_compression_model",
+                            "get_pretrained", "generate"]
+    assert all(c["ok"] and c["seconds"] >= 0 for c in checks.values())
+    assert checks["get_pretrained"]["model_class"] == "MusicGen"
+    assert checks["generate"]["shapes"] == {"unconditional": [1, 1, 32000], "text": [1, 1, 32000]}
+
+
+def test_a_separate_process_loads_it_with_get_pretrained(release):
+    code = ("import sys, torch; from audiocraft.models import MusicGen; "
+            "m = MusicGen.get_pretrained(sys.argv[1], device='cpu'); "
+            "m.set_generation_params(duration=0.5); w = m.generate(['calm piano']); "
+            "print(tuple(w.shape), bool(torch.isfinite(w).all()))")
+    out = subprocess.run([sys.executable, "-c", code, str(release.release_dir)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "(1, 1, 16000) True"
+
+
+def test_existing_release_is_kept_unless_overwrite(musicgen_ckpt, tmp_path):
+    dest = tmp_path / "rel"
+    export_release(musicgen_ckpt, dest, validate=LOAD)
+    before = sha256_of(dest / "state_dict.bin")
+    with pytest.raises(ExportError, match="already exists"):
+        export_release(musicgen_ckpt, dest, state="last", validate=LOAD)
+    assert sha256_of(dest / "state_dict.bin") == before
+    export_release(musicgen_ckpt, dest, state="last", validate=LOAD, overwrite=True)
+    assert sha256_of(dest / "state_dict.bin") != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rel.lock", "rel"]
+
+
+def test_failed_validation_leaves_no_release(musicgen_xp, tmp_path):
+    short = musicgen_xp("dataset.segment_duration=5")
+    with pytest.raises(ExportError, match=r"MusicGen.get_pretrained rejects this model: it was "
+                                          r"trained on dataset.segment_duration=5 s, which must "
+                                          r"be above 18 s"):
+        export_release(short, tmp_path / "rel")
+    assert not (tmp_path / "rel").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".rel.lock"]  # no staging leftovers
+    export_release(short, tmp_path / "rel", validate=LOAD)  # loaders accept it
+
+
+def test_missing_state_is_a_clear_error(no_best_ckpt, tmp_path):
+    with pytest.raises(ExportError, match="no usable best state"):
+        export_release(no_best_ckpt, tmp_path / "rel")
+    assert not (tmp_path / "rel").exists()
+
+
+@pytest.mark.parametrize("state, key", [("auto", "fsdp_best_state"), ("best", "best_state"),
+                                        ("last", "model")])
+def test_state_choices_export_the_chosen_weights(fsdp_ckpt, tmp_path, state, key):
+    result = export_release(fsdp_ckpt, tmp_path / "rel", state=state, validate=LOAD)
+    source = load_checkpoint(fsdp_ckpt)[key]
+    expected = source if key == "model" else source["model"]
+    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
+    _assert_equal_states(got, expected)
+    assert result.manifest["state"]["key"] == key
+
+
+def test_pretrained_pointer_and_offline_validation(musicgen_ckpt, tmp_path):
+    result = export_release(musicgen_ckpt, tmp_path / "rel",
+                            compression=PretrainedCompression(name="debug_compression_model"))
+    pkg = torch.load(result.release_dir / "compression_state_dict.bin", weights_only=True)
+    assert pkg == {"pretrained": "debug_compression_model", "exported": True,
+                   "version": audiocraft.__version__}
+    assert result.manifest["compression"]["reference"] == "//pretrained/debug_compression_model"
+
+
+def test_no_tokenizer_skips_get_pretrained_and_says_so(musicgen_ckpt, tmp_path):
+    result = export_release(musicgen_ckpt, tmp_path / "rel", compression=NoCompression())
+    assert sorted(p.name for p in result.release_dir.iterdir()) == ["export.json", "state_dict.bin"]
+    validation = result.manifest["validation"]
+    assert [c["check"] for c in validation["checks"]] == ["lm_file", "load_lm_model"]
+    assert validation["skipped"] == ["compression and get_pretrained: compression=none"]
+
+
+def test_explicit_tokenizer_checkpoint(musicgen_ckpt, encodec_ckpt, tmp_path):
+    a = export_release(musicgen_ckpt, tmp_path / "a", validate=LOAD)
+    b = export_release(musicgen_ckpt, tmp_path / "b", validate=LOAD,
+                       compression=CheckpointCompression(path=str(encodec_ckpt)))
+    assert a.manifest["files"] == b.manifest["files"]  # same bytes: torch.save is deterministic
+
+
+def test_sig_outside_a_dora_dir_needs_audiocraft_dora_dir(musicgen_ckpt, dora_dir, tmp_path,
+                                                          monkeypatch):
+    lone = tmp_path / "lone.th"
+    lone.write_bytes(musicgen_ckpt.read_bytes())
+    monkeypatch.delenv("AUDIOCRAFT_DORA_DIR", raising=False)
+    with pytest.raises(ExportError, match="is not inside a Dora dir .* AUDIOCRAFT_DORA_DIR is unset"):
+        export_release(lone, tmp_path / "rel", validate=LOAD)
+    monkeypatch.setenv("AUDIOCRAFT_DORA_DIR", str(dora_dir))
+    export_release(lone, tmp_path / "rel", validate=LOAD)
+
+
+def test_unknown_sig_is_a_clear_error(musicgen_xp, tmp_path):
+    ckpt = musicgen_xp(compression="//sig/deadbeef")
+    with pytest.raises(ExportError, match="cannot resolve the tokenizer //sig/deadbeef: no XP "
+                                          "'deadbeef' in"):
+        export_release(ckpt, tmp_path / "rel")
+
+
+def test_audiogen_validates_with_audiogen_class(musicgen_xp, tmp_path):
+    ckpt = musicgen_xp("solver=audiogen", "dataset.segment_duration=10")
+    result = export_release(ckpt, tmp_path / "rel")
+    checks = {c["check"]: c for c in result.manifest["validation"]["checks"]}
+    assert checks["get_pretrained"]["model_class"] == "AudioGen"
+    assert checks["generate"]["shapes"]["text"] == [1, 1, 32000]
+
+
+def test_plain_omegaconf_config(plain_cfg_ckpt, tmp_path):
+    result = export_release(plain_cfg_ckpt, tmp_path / "rel")
+    assert all(c["ok"] for c in result.manifest["validation"]["checks"])

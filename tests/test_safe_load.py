@@ -1,0 +1,69 @@
+import os
+import pickle
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from audiocraft_ext.errors import ExportError
+from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
+
+SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
+               "optimizer", "lr_scheduler", "ema"]
+
+
+def test_loads_a_hydra_composed_solver_checkpoint(musicgen_ckpt):
+    pkg = load_checkpoint(musicgen_ckpt)
+    assert list(pkg) == SOLVER_KEYS
+    cfg = pkg["xp.cfg"]
+    assert isinstance(cfg, DictConfig) and cfg.solver == "musicgen"
+    # hydra.compose leaves a resolver cache in the metadata, which torch's weights_only rejects
+    assert hasattr(cfg._metadata, "resolver_cache")
+    assert pkg["best_state"]["model"]["emb.0.weight"].dtype == torch.float16
+    assert "exp_avg" in pkg["optimizer"]["state"][0]
+
+
+def test_torch_weights_only_cannot_load_it(musicgen_ckpt):
+    """Why the restricted unpickler exists: torch's own safe mode refuses real XP configs."""
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(musicgen_ckpt, map_location="cpu", weights_only=True)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_refuses_code_execution_before_running_it(tmp_path, musicgen_ckpt):
+    marker = tmp_path / "pwned"
+    pkg = load_checkpoint(musicgen_ckpt)
+    pkg["history"] = [{"train": {"loss": _Payload(marker)}}]
+    path = tmp_path / "evil.th"
+    torch.save(pkg, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"references posix\.system, which is not "
+                                                    r"allowed in a checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_legacy_non_zip_format_loads(tmp_path):
+    path = tmp_path / "legacy.th"
+    torch.save({"best_state": {"model": {"w": torch.arange(3.0)}}}, path,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(path)["best_state"]["model"]["w"], torch.arange(3.0))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (os.urandom(4096), "is not a readable torch checkpoint"),
+    (b"model: musicgen\nlr: 0.1\n", "is not a readable torch checkpoint"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.th"
+    path.write_bytes(content)
+    with pytest.raises(ExportError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
