@@ -18,7 +18,7 @@ from audiocraft_ext.errors import ExportError
 
 register_configs()
 # Emitted by audiocraft's EnCodec on every build; says nothing about the export.
-warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
 logger = logging.getLogger("export_app")
 
 

@@ -110,7 +110,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     else:
         pickle_module = restricted_pickle
     try:
-        return torch.load(path, map_location="cpu", pickle_module=pickle_module,
+        return torch.load(str(path), map_location="cpu", pickle_module=pickle_module,
                           weights_only=False, mmap=mmap)
     except _RefusedGlobal as exc:
         raise UnsafeCheckpointError(
