@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .stored_tensor import TensorLike
+
 
 def file_facts(path: Path) -> dict[str, Any]:
     """Size and modification time of a source file."""
@@ -31,7 +33,7 @@ def written_file_facts(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
-def state_facts(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def state_facts(state: Mapping[str, TensorLike]) -> dict[str, Any]:
     """Tensor count, parameter count, dtypes and bytes of a flat state dict."""
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())
     return {"tensors": len(state),
@@ -41,12 +43,13 @@ def state_facts(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import audiocraft
     import hydra
     import omegaconf
 
     import audiocraft_ext
 
-    return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft.__version__,
+    from .release import audiocraft_version
+
+    return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft_version(),
             "torch": torch.__version__, "omegaconf": omegaconf.__version__,
             "hydra": hydra.__version__, "python": platform.python_version()}

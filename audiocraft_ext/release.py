@@ -15,14 +15,15 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import audiocraft
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ExportError
+from .stored_tensor import TensorLike
+from .torch_writer import save_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -31,27 +32,25 @@ COMPRESSION_FILE = "compression_state_dict.bin"
 MANIFEST_FILE = "export.json"
 
 
-def lm_package(state: Mapping[str, torch.Tensor], cfg: DictConfig) -> dict[str, Any]:
+def audiocraft_version() -> str:
+    """The installed audiocraft's version, without importing it (a multi-second import)."""
+    return version("audiocraft")
+
+
+def lm_package(state: Mapping[str, TensorLike], cfg: DictConfig) -> dict[str, Any]:
     """What export_lm / export_encodec write: the flat state dict and the config as YAML."""
     return {"best_state": dict(state), "xp.cfg": OmegaConf.to_yaml(cfg),
-            "version": audiocraft.__version__, "exported": True}
+            "version": audiocraft_version(), "exported": True}
 
 
 def pointer_package(pretrained: str) -> dict[str, Any]:
     """What export_pretrained_compression_model writes for a released tokenizer."""
-    return {"pretrained": pretrained, "exported": True, "version": audiocraft.__version__}
+    return {"pretrained": pretrained, "exported": True, "version": audiocraft_version()}
 
 
 def save_package(package: Mapping[str, Any], path: Path) -> None:
-    """torch.save to a file object (so the zip's record names do not depend on the file name),
-    fsync'ed so that a rename after it never publishes unwritten data."""
-    try:
-        with open(path, "wb") as f:
-            torch.save(dict(package), f)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise ExportError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+    """Write a release file as torch.save would, streamed and fsync'ed."""
+    save_streaming(dict(package), path)
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> None:

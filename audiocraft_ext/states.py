@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
-
 from .config import StateChoice
 from .errors import ExportError
+from .stored_tensor import TensorLike, is_tensor
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, TensorLike]
 
 # checkpoint key holding each choice; best states are {'model': state_dict}, `model` is flat.
 _KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
@@ -51,7 +50,7 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
 
 
 def _checked(state: StateDict, key: str, source: str) -> StateDict:
-    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    bad = next((k for k, v in state.items() if not is_tensor(v)), None)
     if bad is not None:
         raise ExportError(f"{source}: '{key}' is not a model state dict "
                           f"({bad!r} is a {type(state[bad]).__name__}, not a tensor)")

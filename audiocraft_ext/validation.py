@@ -17,6 +17,7 @@ from .errors import ExportError
 from .release import COMPRESSION_FILE, LM_FILE
 from .safe_load import load_checkpoint
 from .states import StateDict
+from .stored_tensor import TensorLike, as_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ MODEL_CLASSES = {"musicgen": "MusicGen", "audiogen": "AudioGen"}
 _EXTEND_STRIDE = {"musicgen": 18.0, "audiogen": 2.0}
 
 
-def compare_states(expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor],
+def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, TensorLike],
                    what: str, cast: bool = False) -> None:
     """Raise unless both hold the same keys and exactly equal tensors.
 
@@ -41,8 +42,8 @@ def compare_states(expected: Mapping[str, torch.Tensor], actual: Mapping[str, to
         raise ExportError(f"{what}: keys differ from the source state: "
                           + ", ".join(p for p in parts if p))
     differ = []
-    for key, want in expected.items():
-        got = actual[key]
+    for key, stored in expected.items():
+        want, got = as_tensor(stored), as_tensor(actual[key])
         if not cast and got.dtype != want.dtype:
             differ.append(f"{key} ({want.dtype} became {got.dtype})")
         elif got.shape != want.shape:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from audiocraft_ext import (CheckpointCompression, ExportError, NoCompression,
                             PretrainedCompression, ValidateConfig, export_release)
 from audiocraft_ext.manifest import sha256_of
-from audiocraft_ext.safe_load import load_checkpoint
+from conftest import torch_load
 
 LOAD = ValidateConfig(level="load")
 
@@ -30,7 +30,7 @@ def release(musicgen_ckpt, tmp_path_factory):
 
 
 def test_state_dict_bin_is_what_export_lm_writes(release, musicgen_ckpt):
-    source = load_checkpoint(musicgen_ckpt)
+    source = torch_load(musicgen_ckpt)
     # stock loaders on torch >= 2.6 read with weights_only=True: the release must allow it
     pkg = torch.load(release.release_dir / "state_dict.bin", map_location="cpu", weights_only=True)
     assert sorted(pkg) == ["best_state", "exported", "version", "xp.cfg"]
@@ -41,7 +41,7 @@ def test_state_dict_bin_is_what_export_lm_writes(release, musicgen_ckpt):
 
 def test_tokenizer_is_the_encodec_xp_best_state(release, encodec_ckpt):
     pkg = torch.load(release.release_dir / "compression_state_dict.bin", weights_only=True)
-    source = load_checkpoint(encodec_ckpt)
+    source = torch_load(encodec_ckpt)
     assert OmegaConf.create(pkg["xp.cfg"]).solver == "compression"
     _assert_equal_states(pkg["best_state"], source["best_state"]["model"])
 
@@ -52,7 +52,7 @@ def test_manifest(release, musicgen_ckpt):
     assert manifest["source"]["bytes"] == musicgen_ckpt.stat().st_size
     assert manifest["state"]["key"] == "best_state"
     assert manifest["state"]["dtypes"] == {"float16": manifest["state"]["tensors"]}
-    best = load_checkpoint(musicgen_ckpt)["best_state"]["model"]
+    best = torch_load(musicgen_ckpt)["best_state"]["model"]
     assert manifest["state"]["tensors"] == len(best)
     assert manifest["state"]["parameters"] == sum(t.numel() for t in best.values())
     for name, facts in manifest["files"].items():
@@ -111,7 +111,7 @@ def test_missing_state_is_a_clear_error(no_best_ckpt, tmp_path):
                                         ("last", "model")])
 def test_state_choices_export_the_chosen_weights(fsdp_ckpt, tmp_path, state, key):
     result = export_release(fsdp_ckpt, tmp_path / "rel", state=state, validate=LOAD)
-    source = load_checkpoint(fsdp_ckpt)[key]
+    source = torch_load(fsdp_ckpt)[key]
     expected = source if key == "model" else source["model"]
     got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
     _assert_equal_states(got, expected)

@@ -18,7 +18,9 @@ def test_auto_prefers_a_non_empty_fsdp_best_state(fsdp_ckpt):
     pkg = load_checkpoint(fsdp_ckpt)
     key, state = select_state(pkg, "auto")
     assert key == "fsdp_best_state"
-    assert all(torch.equal(state[k], pkg["fsdp_best_state"]["model"][k]) for k in state)
+    assert all(state[k] is pkg["fsdp_best_state"]["model"][k] for k in state)
+    assert not torch.equal(state["emb.0.weight"].load(),
+                           pkg["best_state"]["model"]["emb.0.weight"].load())
     assert select_state(pkg, "best")[0] == "best_state"
 
 

@@ -1,0 +1,139 @@
+"""Tensors that are still in their checkpoint file: shape and dtype known, bytes read on demand.
+
+Loading a training checkpoint this way costs only its pickled structure (configs, history,
+shapes); the bytes of a storage are read, CRC-checked, only when a tensor is asked for, so the
+optimizer and EMA states of a multi-GB checkpoint are never read at all.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+
+from .errors import ExportError
+
+
+class CheckpointArchive:
+    """An open torch zip checkpoint (torch.save's format since torch 1.6)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+            pickles = [n for n in self._zip.namelist() if n.count("/") == 1
+                       and n.endswith("/data.pkl")]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise ExportError(f"{path} is a damaged checkpoint archive: {exc}") from None
+        if len(pickles) != 1:
+            raise ExportError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
+        self.prefix = pickles[0][: -len("data.pkl")]
+        if self._zip.NameToInfo.get(self.prefix + "byteorder") is not None \
+                and self.read_bytes("byteorder") != b"little":
+            raise ExportError(f"{path} was saved on a big-endian machine; not supported")
+
+    def read_bytes(self, record: str) -> bytes:
+        """A whole record, CRC-checked."""
+        try:
+            return self._zip.read(self.prefix + record)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as exc:
+            raise ExportError(f"{self.path}: cannot read record {record!r}: {exc}") from None
+
+    def read_storage(self, key: str, nbytes: int) -> torch.Tensor:
+        """Storage ``key`` as a flat uint8 tensor, read straight into tensor memory."""
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        record = f"data/{key}"
+        try:
+            info = self._zip.getinfo(self.prefix + record)
+            if info.file_size != nbytes:
+                raise ExportError(f"{self.path}: record {record!r} holds {info.file_size} bytes, "
+                                  f"its tensor needs {nbytes}")
+            with self._zip.open(info) as f:
+                view = memoryview(buf.numpy())
+                done = 0
+                while done < nbytes:
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise EOFError("record ends early")
+                    done += n
+                f.read(1)  # reaching the end is what makes zipfile verify the CRC
+        except ExportError:
+            raise
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as exc:
+            raise ExportError(f"{self.path}: cannot read record {record!r}: {exc}") from None
+        return buf
+
+
+@dataclass(eq=False)
+class StoredStorage:
+    archive: CheckpointArchive
+    key: str
+    dtype: torch.dtype
+    numel: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * _element_size(self.dtype)
+
+    def read(self) -> torch.Tensor:
+        """The storage's bytes as a flat uint8 tensor."""
+        return self.archive.read_storage(self.key, self.nbytes)
+
+
+@dataclass(eq=False)
+class StoredTensor:
+    """A tensor view (offset, size, stride) of a storage that is still on disk."""
+
+    storage: StoredStorage
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.size)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return _element_size(self.dtype)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def load(self) -> torch.Tensor:
+        """Read the tensor (its whole storage) into memory."""
+        flat = self.storage.read()
+        flat = flat.view(self.dtype) if flat.numel() else torch.empty(0, dtype=self.dtype)
+        return flat.as_strided(self.size, self.stride, self.offset)
+
+    def __repr__(self) -> str:
+        return f"StoredTensor({tuple(self.size)}, {self.dtype}, key={self.storage.key})"
+
+
+TensorLike = Union[torch.Tensor, StoredTensor]
+
+
+def is_tensor(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, StoredTensor))
+
+
+def as_tensor(value: TensorLike) -> torch.Tensor:
+    return value.load() if isinstance(value, StoredTensor) else value
+
+
+def load_state(state: Mapping[str, TensorLike]) -> dict[str, torch.Tensor]:
+    """Read every tensor of a state dict into memory."""
+    return {k: as_tensor(v) for k, v in state.items()}
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()

@@ -1,0 +1,101 @@
+"""torch.save, streamed: write a torch zip file one storage at a time.
+
+``torch.save`` needs every tensor in memory at once. This writer pickles the object the way
+torch.save does (same records, same rebuild calls, pickle protocol 2, storages keyed "0",
+"1", ...) but copies each storage into the archive straight from its source, so a release of
+N bytes is written while holding one storage at a time, and :class:`StoredTensor` values are
+never materialised as a whole. ``torch.load`` reads the result like any torch.save file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch._utils import _rebuild_tensor_v2
+
+from .errors import ExportError
+from .stored_tensor import StoredStorage, StoredTensor
+
+ProgressFn = Callable[[int], None]
+
+
+class _OutStorage:
+    """A storage to write: where its bytes come from, and its pickled identity."""
+
+    def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
+                 read: Callable[[], torch.Tensor]) -> None:
+        self.key, self.dtype, self.numel, self.nbytes, self.read = key, dtype, numel, nbytes, read
+
+
+def _storage_type(dtype: torch.dtype) -> Any:
+    return getattr(torch, torch.storage._dtype_to_storage_type_map()[dtype])
+
+
+class _StreamingPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=2)  # torch.save's DEFAULT_PROTOCOL
+        self.storages: dict[int, _OutStorage] = {}  # keyed by id() of the source storage
+
+    def _storage(self, source: Any, dtype: torch.dtype, numel: int, nbytes: int,
+                 read: Callable[[], torch.Tensor]) -> _OutStorage:
+        if id(source) not in self.storages:
+            self.storages[id(source)] = _OutStorage(str(len(self.storages)), dtype, numel,
+                                                    nbytes, read)
+        return self.storages[id(source)]
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, StoredTensor):
+            src: StoredStorage = obj.storage
+            out = self._storage(src, src.dtype, src.numel, src.nbytes, src.read)
+            return _rebuild_tensor_v2, (out, obj.offset, obj.size, obj.stride, False,
+                                        OrderedDict())
+        if isinstance(obj, torch.Tensor):
+            tensor = obj.detach().cpu().contiguous()
+            out = self._storage(tensor, tensor.dtype, tensor.numel(),
+                                tensor.numel() * tensor.element_size(),
+                                lambda t=tensor: t.reshape(-1).view(torch.uint8))
+            return _rebuild_tensor_v2, (out, 0, tuple(tensor.shape), tuple(tensor.stride()),
+                                        False, OrderedDict())
+        return NotImplemented
+
+    def persistent_id(self, obj: Any) -> Optional[tuple]:
+        if isinstance(obj, _OutStorage):
+            return ("storage", _storage_type(obj.dtype), obj.key, "cpu", obj.numel)
+        return None
+
+
+def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) -> None:
+    """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
+    fsync'ed. ``progress`` is called with the bytes of each storage written."""
+    buf = io.BytesIO()
+    pickler = _StreamingPickler(buf)
+    pickler.dump(obj)
+    data = buf.getvalue()
+    try:
+        with open(path, "wb") as f:
+            with torch.serialization._open_zipfile_writer(f) as zf:
+                zf.write_record("data.pkl", data, len(data))
+                if hasattr(torch.serialization, "_get_storage_alignment"):  # as torch.save does
+                    zf.write_record(".format_version", "1", 1)
+                    alignment = str(torch.serialization._get_storage_alignment())
+                    zf.write_record(".storage_alignment", alignment, len(alignment))
+                zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
+                for out in pickler.storages.values():
+                    flat = out.read()
+                    zf.write_record(f"data/{out.key}", flat.data_ptr(), out.nbytes)
+                    del flat
+                    if progress is not None:
+                        progress(out.nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # torch's zip writer reports failed writes this way
+        raise ExportError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
