@@ -34,6 +34,10 @@ class ValidateLevel(str, Enum):
 class InputConfig:
     """Where the training checkpoint comes from."""
 
+    # Unpickle without the allow-list. Runs any code the checkpoint carries: only for files
+    # whose origin you know. Never automatic.
+    trust: bool = False
+
 
 @dataclass
 class CheckpointInput(InputConfig):
@@ -99,6 +103,9 @@ class ValidateConfig:
     description: str = "warm lo-fi piano with soft drums"  # prompt for text-conditioned models
     device: str = "cpu"
     seed: int = 0
+    # A local tokenizer file (an exported compression_state_dict.bin) to validate with when the
+    # release points at a //pretrained/ tokenizer that this machine cannot download.
+    tokenizer: Optional[str] = None
 
 
 @dataclass

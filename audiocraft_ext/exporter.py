@@ -11,7 +11,8 @@ from typing import Any, Mapping, Optional
 from omegaconf import DictConfig
 
 from .compression import resolve_compression
-from .config import AutoCompression, CompressionConfig, StateChoice, ValidateConfig
+from .config import (AutoCompression, CheckpointCompression, CompressionConfig, StateChoice,
+                     ValidateConfig)
 from .errors import ExportError
 from .manifest import file_facts, state_facts, versions, written_file_facts
 from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save_package,
@@ -97,8 +98,13 @@ def export_release(
             "versions": versions(),
             "config": dict(config) if config is not None else None,
         }
+        stand_in = None
+        if validate.tokenizer and tokenizer is not None and tokenizer.pretrained:
+            stand_in = resolve_compression(CheckpointCompression(path=validate.tokenizer),
+                                           lm_cfg, source, trust=trust)
         validation_started = time.perf_counter()
-        manifest["validation"] = validate_release(staging, lm_cfg, lm_state, tokenizer, validate)
+        manifest["validation"] = validate_release(staging, lm_cfg, lm_state, tokenizer, validate,
+                                                  stand_in)
         manifest["timings"] = {"export_seconds": round(export_seconds, 3),
                                "validation_seconds": round(time.perf_counter() - validation_started, 3)}
         write_json(manifest, staging / MANIFEST_FILE)

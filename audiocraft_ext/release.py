@@ -72,7 +72,11 @@ def _fsync_dir(path: Path) -> None:
 @contextmanager
 def _locked(dest: Path) -> Iterator[None]:
     lock_path = dest.parent / f".{dest.name}.lock"
-    with open(lock_path, "w") as lock:
+    try:
+        lock = open(lock_path, "w")
+    except OSError as exc:
+        raise ExportError(f"cannot write into {dest.parent}: {exc.strerror or exc}") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -97,20 +101,17 @@ def staged_release(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if not os.access(dest.parent, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write into {dest.parent}: permission denied")
     with _locked(dest):
+        _recover_interrupted(dest)
         if dest.exists() and not overwrite:
             raise ExportError(f"{dest} already exists; choose another output.dir or set "
                               "output.overwrite=true to replace it once the new export validated")
-        # Under the lock, any staging folder for dest is a leftover of a killed run.
-        for stale in dest.parent.glob(f".{dest.name}.staging-*"):
-            logger.info("removing %s, left over by an interrupted export", stale)
-            shutil.rmtree(stale, ignore_errors=True)
         staging = dest.parent / f".{dest.name}.staging-{os.getpid()}"
         staging.mkdir()
         try:
             yield staging
             _fsync_dir(staging)
             if dest.exists():
-                replaced = dest.parent / f".{dest.name}.staging-{os.getpid()}-replaced"
+                replaced = dest.parent / f".{dest.name}.replaced-{os.getpid()}"
                 dest.rename(replaced)
                 staging.rename(dest)
                 shutil.rmtree(replaced)
@@ -120,3 +121,17 @@ def staged_release(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover_interrupted(dest: Path) -> None:
+    """Under the lock, clean up after runs that were killed while publishing ``dest``."""
+    for stale in dest.parent.glob(f".{dest.name}.staging-*"):
+        logger.info("removing %s, left over by an interrupted export", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    # A run killed between its two renames left the previous release aside: put it back.
+    for replaced in dest.parent.glob(f".{dest.name}.replaced-*"):
+        if dest.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            logger.warning("restoring %s, set aside by an interrupted overwrite", dest)
+            replaced.rename(dest)

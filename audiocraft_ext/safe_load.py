@@ -11,6 +11,7 @@ the same unpickler and come back as tensors.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import logging
 import pickle
@@ -21,17 +22,19 @@ from typing import Any
 
 import torch
 
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .stored_tensor import CheckpointArchive, StoredStorage, StoredTensor
 
 logger = logging.getLogger(__name__)
 
-# (module, name) pairs a checkpoint may reference. Protocol-2 pickles name builtins "__builtin__".
+# (module, name) pairs a checkpoint may reference.
+# Names are checked after Python 2 names are mapped to Python 3 ones, as pickle itself does.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    [(mod, name) for mod in ("builtins", "__builtin__")
-     for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "bool", "str",
-                  "bytes", "bytearray", "complex", "slice", "long", "unicode")]
+    # not bytes/bytearray: bytes(n) would allocate whatever a corrupt file asks for
+    [("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float",
+                                     "bool", "str")]
     + [
+        ("_codecs", "encode"),  # how protocol-2 pickles spell a bytes literal
         ("collections", "OrderedDict"),
         ("collections", "defaultdict"),
         ("typing", "Any"),
@@ -58,6 +61,13 @@ _DISPLAY_MODULE = {"posix": "os", "nt": "os"}
 
 class UnsafeCheckpointError(ExportError):
     """The checkpoint references a global outside the allow-list."""
+
+
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles (torch.save's) use Python 2 names: __builtin__.long, commands.Popen."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -102,10 +112,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     trust = False
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in ALLOWED_GLOBALS or (module, name) in _EAGER_REBUILDS \
-                or (module == "torch" and name in _TORCH_DTYPES) or self.trust:
+        key = _python3_name(module, name)
+        if key in ALLOWED_GLOBALS or key in _EAGER_REBUILDS \
+                or (key[0] == "torch" and key[1] in _TORCH_DTYPES) or self.trust:
             return super().find_class(module, name)
-        raise _RefusedGlobal(module, name)
+        raise _RefusedGlobal(*key)
 
 
 class _LazyUnpickler(RestrictedUnpickler):
@@ -163,8 +174,14 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     if trust:
         logger.warning("input.trust=true: unpickling %s WITHOUT the allow-list; "
                        "it can run arbitrary code", path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    is_zip = zipfile.is_zipfile(path)
+    if head == b"PK\x03\x04" and not is_zip:
+        raise ExportError(f"{path} is truncated or damaged: it starts as a torch zip checkpoint "
+                          "but its zip directory (at the end of the file) is missing")
     try:
-        if zipfile.is_zipfile(path):
+        if is_zip:
             archive = CheckpointArchive(path)
             data = archive.read_bytes("data.pkl")
             return _LazyUnpickler(io.BytesIO(data), archive, trust).load()
@@ -176,11 +193,9 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
         ) from None
     except ExportError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
-            UnicodeDecodeError, KeyError, AttributeError, TypeError, IndexError,
-            MemoryError, OverflowError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{path} is not a readable torch checkpoint: {first}") from None
+    except Exception as exc:  # a corrupt pickle fails in many ways; none of them is a bug here
+        raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
+                          ) from None
 
 
 def _load_legacy(path: Path, trust: bool) -> Any:

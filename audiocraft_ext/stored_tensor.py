@@ -14,7 +14,7 @@ from typing import Any, Mapping, Union
 
 import torch
 
-from .errors import ExportError
+from .errors import ExportError, first_line
 
 
 class CheckpointArchive:
@@ -26,8 +26,9 @@ class CheckpointArchive:
             self._zip = zipfile.ZipFile(path)
             pickles = [n for n in self._zip.namelist() if n.count("/") == 1
                        and n.endswith("/data.pkl")]
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise ExportError(f"{path} is a damaged checkpoint archive: {exc}") from None
+        except Exception as exc:  # a damaged zip directory fails in many ways
+            raise ExportError(f"{path} is a damaged checkpoint archive: {first_line(exc)}"
+                              ) from None
         if len(pickles) != 1:
             raise ExportError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
         self.prefix = pickles[0][: -len("data.pkl")]
@@ -39,8 +40,9 @@ class CheckpointArchive:
         """A whole record, CRC-checked."""
         try:
             return self._zip.read(self.prefix + record)
-        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as exc:
-            raise ExportError(f"{self.path}: cannot read record {record!r}: {exc}") from None
+        except Exception as exc:  # bad CRC, damaged header, unknown compression, ...
+            raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
+                              f"{first_line(exc)}") from None
 
     def read_storage(self, key: str, nbytes: int) -> torch.Tensor:
         """Storage ``key`` as a flat uint8 tensor, read straight into tensor memory."""
@@ -49,8 +51,8 @@ class CheckpointArchive:
         try:
             info = self._zip.getinfo(self.prefix + record)
             if info.file_size != nbytes:
-                raise ExportError(f"{self.path}: record {record!r} holds {info.file_size} bytes, "
-                                  f"its tensor needs {nbytes}")
+                raise ExportError(f"{self.path} is damaged: its record {record!r} holds "
+                                  f"{info.file_size} bytes, its tensor needs {nbytes}")
             with self._zip.open(info) as f:
                 view = memoryview(buf.numpy())
                 done = 0
@@ -62,8 +64,9 @@ class CheckpointArchive:
                 f.read(1)  # reaching the end is what makes zipfile verify the CRC
         except ExportError:
             raise
-        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as exc:
-            raise ExportError(f"{self.path}: cannot read record {record!r}: {exc}") from None
+        except Exception as exc:  # bad CRC, damaged header, unknown compression, ...
+            raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
+                              f"{first_line(exc)}") from None
         return buf
 
 

@@ -24,6 +24,8 @@ from .errors import ExportError
 from .stored_tensor import StoredStorage, StoredTensor
 
 ProgressFn = Callable[[int], None]
+# torch >= 2.x takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
+_WRITES_STORAGES = "StorageBase" in (torch._C.PyTorchFileWriter.write_record.__doc__ or "")
 
 
 class _OutStorage:
@@ -89,7 +91,8 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
                 zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
                 for out in pickler.storages.values():
                     flat = out.read()
-                    zf.write_record(f"data/{out.key}", flat.data_ptr(), out.nbytes)
+                    data = flat.untyped_storage() if _WRITES_STORAGES else flat.data_ptr()
+                    zf.write_record(f"data/{out.key}", data, out.nbytes)
                     del flat
                     if progress is not None:
                         progress(out.nbytes)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -13,8 +16,8 @@ from omegaconf import DictConfig
 
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
-from .errors import ExportError
-from .release import COMPRESSION_FILE, LM_FILE
+from .errors import ExportError, first_line
+from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
 from .states import StateDict
 from .stored_tensor import TensorLike, as_tensor
@@ -73,28 +76,67 @@ class _Checks:
             entry["error"] = str(exc)
             raise
         except Exception as exc:  # audiocraft's own failures: one line, with the check's name
-            entry["error"] = f"{type(exc).__name__}: {exc}".strip()
-            first = entry["error"].splitlines()[0]
-            raise ExportError(f"validation '{name}' failed: {first}") from exc
+            entry["error"] = _state_dict_mismatch(str(exc)) or f"{type(exc).__name__}: {first_line(exc)}"
+            raise ExportError(f"validation '{name}' failed: {entry['error']}") from exc
         finally:
             entry["seconds"] = round(time.perf_counter() - start, 3)
             logger.info("check %-22s %s (%.2fs)", name, "ok" if entry["ok"] else "FAILED",
                         entry["seconds"])
 
 
+def _state_dict_mismatch(message: str) -> Optional[str]:
+    """Summarise torch's multi-line load_state_dict error in one line, or None."""
+    if not message.startswith("Error(s) in loading state_dict"):
+        return None
+    parts, shapes = [], []
+    for line in message.splitlines()[1:]:
+        line = line.strip()
+        keys = re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", line)
+        if keys:
+            names = re.findall(r'"([^"]+)"', keys[2])
+            parts.append(f"{len(names)} {keys[1].lower()} key{'s' * (len(names) != 1)} "
+                         f"(e.g. {names[0] if names else '?'})")
+        size = re.match(r"size mismatch for ([^:]+): copying a param with shape "
+                        r"torch.Size\((\[.*?\])\) from checkpoint, the shape in current model "
+                        r"is torch.Size\((\[.*?\])\)", line)
+        if size:
+            shapes.append(f"{size[1]}: {size[2]} in the file, {size[3]} for the config")
+    if shapes:
+        parts.append(f"{len(shapes)} wrong shape{'s' * (len(shapes) != 1)} (e.g. {shapes[0]})")
+    return "the state does not match its xp.cfg: " + ", ".join(parts)
+
+
 def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
                      compression: Optional[CompressionRelease], settings: ValidateConfig,
-                     ) -> dict[str, Any]:
+                     stand_in: Optional[CompressionRelease] = None) -> dict[str, Any]:
     """Check a (staged) release folder per ``settings.level``; raise ExportError on failure.
 
-    Returns the report stored under ``validation`` in the manifest.
+    ``stand_in`` is a local tokenizer to validate with when the release points at a
+    //pretrained/ one (``validate.tokenizer``). Returns the report stored under
+    ``validation`` in the manifest.
     """
     level = ValidateLevel(settings.level)
     report: dict[str, Any] = {"level": level.value, "checks": [], "skipped": []}
     if level is ValidateLevel.none:
         return report
+    with ExitStack() as stack:
+        load_dir = release_dir
+        if stand_in is not None and compression is not None and compression.pretrained:
+            load_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            os.symlink(release_dir / LM_FILE, load_dir / LM_FILE)
+            save_package(stand_in.package, load_dir / COMPRESSION_FILE)
+            report["tokenizer_stand_in"] = stand_in.reference
+            compression = stand_in
+        _run_checks(release_dir, load_dir, lm_cfg, lm_state, compression, settings, report)
+    return report
+
+
+def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
+                compression: Optional[CompressionRelease], settings: ValidateConfig,
+                report: dict[str, Any]) -> None:
     from audiocraft.models import loaders
 
+    level = ValidateLevel(settings.level)
     checks = _Checks()
     report["checks"] = checks.results
     device = settings.device
@@ -113,20 +155,20 @@ def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
         del lm
     if compression is None:
         report["skipped"].append("compression and get_pretrained: compression=none")
-        return report
+        return
     if compression.state is not None:
         with checks.check("load_compression_model"):
-            model = loaders.load_compression_model(release_dir, device=device)
+            model = loaders.load_compression_model(load_dir, device=device)
             compare_states(compression.state, model.state_dict(), "load_compression_model",
                            cast=True)
             del model
     else:
         with checks.check("load_compression_model"):
-            _load_pretrained_tokenizer(lambda: loaders.load_compression_model(release_dir,
+            _load_pretrained_tokenizer(lambda: loaders.load_compression_model(load_dir,
                                                                               device=device),
                                        compression.pretrained)
     if level is ValidateLevel.load:
-        return report
+        return
     if solver not in MODEL_CLASSES:
         raise ExportError(f"validate=full does not know the model class for solver {solver!r} "
                           f"(known: {', '.join(MODEL_CLASSES)}); use validate=load")
@@ -136,11 +178,10 @@ def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
 
         cls = getattr(audiocraft.models, MODEL_CLASSES[solver])
         model = _load_pretrained_tokenizer(
-            lambda: cls.get_pretrained(str(release_dir), device=device), compression.pretrained)
+            lambda: cls.get_pretrained(str(load_dir), device=device), compression.pretrained)
         entry["model_class"] = cls.__name__
     with checks.check("generate") as entry:
         entry.update(_generate(model, settings))
-    return report
 
 
 def _check_segment_duration(lm_cfg: DictConfig, solver: str) -> None:
@@ -164,9 +205,8 @@ def _load_pretrained_tokenizer(load: Callable[[], Any], pretrained: Optional[str
         raise ExportError(
             f"the release points at the pretrained tokenizer {pretrained!r}, which could not "
             f"be loaded here ({type(exc).__name__}); it is fetched from the Hugging Face hub "
-            "on first use: run where the hub or its cache (HF_HOME) is reachable, or export "
-            "with compression=checkpoint compression.path=<local tokenizer file>, or use "
-            "validate=none") from exc
+            "on first use: run where the hub or its cache (HF_HOME) is reachable, or validate "
+            "offline with validate.tokenizer=<local copy of that tokenizer>") from exc
 
 
 def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:

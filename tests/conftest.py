@@ -6,8 +6,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
 
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -99,12 +101,31 @@ def no_best_ckpt(derived_ckpt) -> Path:
     return derived_ckpt("nobest", edit)
 
 
-def run_app(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run export_app.py as a user would, in a fresh process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def member_span(path: Path, member: str) -> tuple[int, int]:
+    """(offset, size) of a zip member's data in the file, e.g. member="data/3"."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{zf.namelist()[0].split('/')[0]}/{member}")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))  # the local header's, not the
+    return info.header_offset + 30 + name_len + extra_len, info.file_size  # central one's
+
+
+def app_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "export_app.py"), *args]
+
+
+def app_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "export_app.py"), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return env
+
+
+def run_app(*args: str, cwd: Path, check: bool = False, env: dict | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """Run export_app.py as a user would, in a fresh process."""
+    proc = subprocess.run(app_command(*args), cwd=cwd, env=env or app_env(),
+                          capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         raise AssertionError(f"export_app failed ({proc.returncode}):\n{proc.stderr}")
     return proc

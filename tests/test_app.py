@@ -24,7 +24,7 @@ def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
             "validate=load"])
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
-    assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt)}
+    assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt), "trust": False}
     assert result.manifest["validation"]["level"] == "load"
 
 

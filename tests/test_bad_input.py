@@ -1,0 +1,325 @@
+"""Bad input: each case exits 1 with one readable line on stderr and changes nothing at the
+destination. Every case runs the real app in a fresh process."""
+
+import fcntl
+import importlib
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext.manifest import sha256_of
+from audiocraft_ext.safe_load import load_checkpoint
+from conftest import app_command, app_env, error_lines, member_span, run_app, torch_load
+
+
+def _rejected(tmp_path: Path, *overrides: str, message: str, **kwargs) -> None:
+    """Run the app towards tmp/out/release; assert exit 1, one [ERROR] line matching
+    ``message`` and no traceback, and that tmp/out holds no release and no leftovers."""
+    dest = tmp_path / "out" / "release"
+    proc = run_app(*overrides, f"output.dir={dest}", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path, **kwargs)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    [line] = error_lines(proc.stderr)
+    assert re.search(message, line), line
+    if dest.parent.exists():
+        assert [p.name for p in dest.parent.iterdir()] in ([], [".release.lock"])
+
+
+def _checkpoint(tmp_path: Path, source: Path, edit=None, name: str = "checkpoint.th") -> Path:
+    """A copy of ``source`` (edited by ``edit(pkg)``) as <tmp>/dora/xps/<sig>/<name>, with the
+    tokenizer XP next to it so that //sig/ references still resolve."""
+    xps = tmp_path / "dora" / "xps"
+    xps.mkdir(parents=True, exist_ok=True)
+    for xp in source.parent.parent.iterdir():  # link the sibling XPs (the tokenizer)
+        if xp != source.parent and not (xps / xp.name).exists():
+            (xps / xp.name).symlink_to(xp)
+    path = xps / source.parent.name / name
+    path.parent.mkdir(exist_ok=True)
+    if edit is None:
+        path.write_bytes(source.read_bytes())
+    else:
+        pkg = torch_load(source)
+        edit(pkg)
+        torch.save(pkg, path)
+    return path
+
+
+def _input(path: Path) -> tuple[str, str]:
+    return "input=checkpoint", f"input.path={path}"
+
+
+# --- files that are not checkpoints ---------------------------------------------------------
+def test_missing_path(tmp_path):
+    _rejected(tmp_path, *_input(tmp_path / "nope.th"),
+              message=r"nope.th: no such checkpoint file or XP folder$")
+
+
+def test_folder_without_checkpoint(tmp_path):
+    (tmp_path / "xp").mkdir()
+    _rejected(tmp_path, *_input(tmp_path / "xp"),
+              message=r"xp is a folder without checkpoint.th and no checkpoint\*.th at all$")
+
+
+def test_fsdp_rank_shard(tmp_path, musicgen_ckpt):
+    shard = _checkpoint(tmp_path, musicgen_ckpt, name="checkpoint.th.3")
+    _rejected(tmp_path, *_input(shard),
+              message=rf"checkpoint.th.3 is the FSDP shard of rank 3; export the rank-0 file "
+                      rf"{re.escape(str(shard.with_name('checkpoint.th')))}, whose "
+                      rf"fsdp_best_state holds the full model$")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"is empty \(0 bytes\): not a checkpoint$"),
+    (os.urandom(1 << 16), r"is not a readable torch checkpoint: "),
+    (b"solver: musicgen\ndataset:\n  segment_duration: 30\n",
+     r"is not a readable torch checkpoint: "),
+], ids=["empty", "random-bytes", "text"])
+def test_not_a_checkpoint(tmp_path, content, message):
+    path = tmp_path / "checkpoint.th"
+    path.write_bytes(content)
+    _rejected(tmp_path, *_input(path), message=message)
+
+
+def test_truncated_checkpoint(tmp_path, musicgen_ckpt):
+    path = tmp_path / "checkpoint.th"
+    path.write_bytes(musicgen_ckpt.read_bytes()[: musicgen_ckpt.stat().st_size // 2])
+    _rejected(tmp_path, *_input(path),
+              message=r"is truncated or damaged: it starts as a torch zip checkpoint but its "
+                      r"zip directory \(at the end of the file\) is missing$")
+
+
+def test_corrupt_member_of_the_exported_state(tmp_path, musicgen_ckpt):
+    path = _checkpoint(tmp_path, musicgen_ckpt)
+    key = load_checkpoint(path)["best_state"]["model"]["emb.0.weight"].storage.key
+    start, _ = member_span(path, f"data/{key}")
+    data = bytearray(path.read_bytes())
+    data[start + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _rejected(tmp_path, *_input(path),
+              message=rf"is damaged: cannot read its record 'data/{key}': Bad CRC-32")
+
+
+def test_legacy_non_zip_checkpoint_loads(tmp_path, musicgen_ckpt):
+    path = tmp_path / "legacy" / "checkpoint.th"
+    path.parent.mkdir()
+    torch.save(torch_load(musicgen_ckpt), path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    run_app(*_input(path), "compression=none", f"output.dir={tmp_path / 'rel'}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    got = torch.load(tmp_path / "rel" / "state_dict.bin", weights_only=True)["best_state"]
+    want = torch_load(musicgen_ckpt)["best_state"]["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want) and got.keys() == want.keys()
+
+
+# --- code in the pickle ---------------------------------------------------------------------
+class _Gadget:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _gadgets(marker: Path) -> dict[str, _Gadget]:
+    touch = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "os.system": _Gadget(os.system, f"touch {marker}"),
+        "subprocess.Popen": _Gadget(subprocess.Popen, ["touch", str(marker)]),
+        "builtins.eval": _Gadget(eval, touch),
+        "builtins.exec": _Gadget(exec, touch),
+        # imports a module of the attacker's, whose import writes the marker
+        "importlib.import_module": _Gadget(importlib.import_module, "evil_module"),
+    }
+
+
+@pytest.mark.parametrize("where", ["history", "xp.cfg"])
+@pytest.mark.parametrize("gadget", ["os.system", "subprocess.Popen", "builtins.eval",
+                                    "builtins.exec", "importlib.import_module"])
+def test_malicious_pickle_is_refused_before_running(tmp_path, musicgen_ckpt, gadget, where):
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    payload = _gadgets(marker)[gadget]
+
+    def edit(pkg):
+        if where == "history":
+            pkg["history"] = [{"train": {"ce": 1.0, "extra": [payload]}}]
+        else:  # hidden in the DictConfig's own metadata, as a pickled attribute
+            pkg["xp.cfg"]._metadata.resolver_cache["evil"] = payload
+
+    path = _checkpoint(tmp_path, musicgen_ckpt, edit)
+    _rejected(tmp_path, *_input(path), env=app_env(PYTHONPATH=str(tmp_path)),
+              message=rf"refusing to load {re.escape(str(path))}: it references "
+                      rf"{re.escape(gadget)}, which is not allowed in a checkpoint")
+    assert not marker.exists()
+
+
+def test_trust_is_an_explicit_loud_opt_out(tmp_path, musicgen_ckpt):
+    def edit(pkg):
+        pkg["history"][0]["train"]["finished"] = datetime(2026, 1, 1)
+
+    path = _checkpoint(tmp_path, musicgen_ckpt, edit)
+    _rejected(tmp_path, *_input(path), "compression=none",
+              message=r"it references datetime.datetime, which is not allowed")
+    proc = run_app(*_input(path), "compression=none", "input.trust=true",
+                   f"output.dir={tmp_path / 'rel'}", f"hydra.run.dir={tmp_path / 'run2'}",
+                   cwd=tmp_path, check=True)
+    assert "input.trust=true: unpickling" in proc.stderr and "WITHOUT the allow-list" in proc.stderr
+    assert (tmp_path / "rel" / "state_dict.bin").exists()
+
+
+# --- checkpoints without what a release needs -----------------------------------------------
+@pytest.mark.parametrize("edit, message", [
+    (lambda pkg: [pkg.pop("best_state"), pkg.pop("fsdp_best_state")],
+     r"has no usable best state: neither fsdp_best_state nor best_state is present"),
+    (lambda pkg: pkg.update(best_state={}, fsdp_best_state={}),
+     r"has no usable best state: fsdp_best_state and best_state are empty"),
+    (lambda pkg: pkg.pop("xp.cfg"), r"has no xp.cfg config \(missing\): not an AudioCraft"),
+    (lambda pkg: pkg.update({"xp.cfg": "solver: musicgen"}),
+     r"has no xp.cfg config \(str\): not an AudioCraft"),
+], ids=["no-states", "empty-states", "no-cfg", "cfg-not-a-config"])
+def test_checkpoint_lacks_what_a_release_needs(tmp_path, musicgen_ckpt, edit, message):
+    _rejected(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), message=message)
+
+
+def test_state_that_does_not_match_its_config(tmp_path, musicgen_ckpt):
+    def edit(pkg):
+        state = pkg["best_state"]["model"]
+        del state["out_norm.weight"]
+        state["extra.weight"] = torch.zeros(3)
+        state["emb.0.weight"] = torch.zeros(5, 7, dtype=torch.float16)
+
+    _rejected(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), "validate=load",
+              message=r"validation 'load_lm_model' failed: the state does not match its "
+                      r"xp.cfg: 1 missing key \(e.g. out_norm.weight\), 1 unexpected key \(e.g. "
+                      r"extra.weight\), 1 wrong shape \(e.g. emb.0.weight: \[5, 7\] in the "
+                      r"file, \[257, 32\] for the config\)$")
+
+
+# --- the tokenizer --------------------------------------------------------------------------
+def test_unknown_tokenizer_signature(tmp_path, musicgen_xp):
+    _rejected(tmp_path, *_input(musicgen_xp(compression="//sig/0badc0de")),
+              message=r"cannot resolve the tokenizer //sig/0badc0de: no XP '0badc0de' in ")
+
+
+def test_missing_tokenizer_file(tmp_path, musicgen_ckpt):
+    _rejected(tmp_path, *_input(musicgen_ckpt), "compression=checkpoint",
+              f"compression.path={tmp_path / 'encodec.th'}",
+              message=r"cannot resolve the tokenizer .*encodec.th: .*encodec.th: no such "
+                      r"checkpoint file or XP folder$")
+
+
+def test_pretrained_tokenizer_without_the_hub(tmp_path, musicgen_ckpt):
+    args = (*_input(musicgen_ckpt), "compression=pretrained",
+            "compression.name=facebook/encodec_32khz")
+    offline = app_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    _rejected(tmp_path, *args, env=offline,
+              message=r"the release points at the pretrained tokenizer 'facebook/encodec_32khz', "
+                      r"which could not be loaded here .* validate offline with "
+                      r"validate.tokenizer=<local copy of that tokenizer>$")
+    # the documented way out: validate with a local copy, still ship the pointer
+    local = tmp_path / "local"
+    run_app(*_input(musicgen_ckpt), f"output.dir={local}", "validate=none",
+            f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
+    rel = tmp_path / "rel"
+    run_app(*args, f"validate.tokenizer={local / 'compression_state_dict.bin'}",
+            f"output.dir={rel}", f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path,
+            env=offline, check=True)
+    pkg = torch.load(rel / "compression_state_dict.bin", weights_only=True)
+    assert pkg["pretrained"] == "facebook/encodec_32khz"
+    manifest = json.loads((rel / "export.json").read_text())
+    assert manifest["validation"]["tokenizer_stand_in"].endswith("compression_state_dict.bin")
+    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]][-1] == "generate"
+
+
+# --- the destination ------------------------------------------------------------------------
+def test_output_exists_and_stays_untouched(tmp_path, musicgen_ckpt):
+    dest = tmp_path / "out" / "release"
+    run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
+            f"hydra.run.dir={tmp_path / 'run0'}", cwd=tmp_path, check=True)
+    before = {p.name: sha256_of(p) for p in dest.iterdir()}
+    proc = run_app(*_input(musicgen_ckpt), "state=last", f"output.dir={dest}",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert line.endswith("already exists; choose another output.dir or set "
+                         "output.overwrite=true to replace it once the new export validated")
+    assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
+
+
+def test_failed_overwrite_keeps_the_old_release(tmp_path, musicgen_ckpt, musicgen_xp):
+    dest = tmp_path / "out" / "release"
+    run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
+            f"hydra.run.dir={tmp_path / 'run0'}", cwd=tmp_path, check=True)
+    before = {p.name: sha256_of(p) for p in dest.iterdir()}
+    proc = run_app(*_input(musicgen_xp("dataset.segment_duration=5")), "output.overwrite=true",
+                   f"output.dir={dest}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert "MusicGen.get_pretrained rejects this model" in line
+    assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".release.lock", "release"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_output_location_not_writable(tmp_path, musicgen_ckpt, where):
+    (tmp_path / "file").write_text("not a folder")
+    dest = tmp_path / "file" / "release" if where == "under-a-file" else Path("/proc/acx/release")
+    proc = run_app(*_input(musicgen_ckpt), f"output.dir={dest}",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert re.search(rf"cannot (create|write into) {re.escape(str(dest.parent))}: ", line), line
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_disk_full_mid_write(tmp_path, musicgen_ckpt):
+    limit = musicgen_ckpt.stat().st_size // 20  # far below the LM file, above Hydra's own files
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    _rejected(tmp_path, *_input(musicgen_ckpt), preexec_fn=small_disk,
+              message=r"cannot write .*/out/\.release\.staging-\d+/state_dict\.bin: File too large$")
+
+
+def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, musicgen_ckpt):
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".release.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another export holds the release
+        _rejected(tmp_path, *_input(musicgen_ckpt),
+                  message=r"another export is writing .*/out/release right now$")
+
+
+def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_path, musicgen_ckpt):
+    dest = tmp_path / "out" / "release"
+    args = (*_input(musicgen_ckpt), f"output.dir={dest}")
+    proc = subprocess.Popen(app_command(*args, "validate.duration=30",
+                                        f"hydra.run.dir={tmp_path / 'run'}"),
+                            cwd=tmp_path, env=app_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((tmp_path / "out").glob(".release.staging-*/state_dict.bin")):
+        assert proc.poll() is None and time.time() < deadline, "the export ended too early"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not dest.exists()
+    [staging] = (tmp_path / "out").glob(".release.staging-*")
+    run_app(*args, "validate=load", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path,
+            check=True)
+    assert not staging.exists()
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "compression_state_dict.bin", "export.json", "state_dict.bin"]
+    assert OmegaConf.create(json.loads((dest / "export.json").read_text())["config"]).validate.level == "load"
