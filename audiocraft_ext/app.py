@@ -50,7 +50,8 @@ def run(cfg: DictConfig) -> ExportResult:
                else Path(HydraConfig.get().runtime.output_dir) / source.name)
     result = export_release(
         source, out_dir, state=spec.state.select, compression=spec.compression,
-        validate=spec.validate, overwrite=spec.output.overwrite, trust=spec.input.trust,
+        validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
+        trust=spec.input.trust,
         config=OmegaConf.to_container(cfg, resolve=True))
     _log_summary(result)
     return result

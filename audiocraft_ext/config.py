@@ -21,6 +21,15 @@ class StateChoice(str, Enum):
     last = "last"  # the raw (non-EMA, non-best) `model` state
 
 
+class OutputDtype(str, Enum):
+    """dtype of the released LM's floating-point tensors."""
+
+    keep = "keep"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
 class ValidateLevel(str, Enum):
     """How much of the release is proven before it is published."""
 
@@ -94,6 +103,7 @@ class NoCompression(CompressionConfig):
 class OutputConfig:
     dir: Optional[str] = None  # release folder; default: <hydra run dir>/<XP or checkpoint name>
     overwrite: bool = False  # replace an existing release (only once the new one validated)
+    dtype: OutputDtype = OutputDtype.keep  # cast the LM's floating-point tensors
 
 
 @dataclass

@@ -29,10 +29,6 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def written_file_facts(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-
-
 def state_facts(state: Mapping[str, TensorLike]) -> dict[str, Any]:
     """Tensor count, parameter count, dtypes and bytes of a flat state dict."""
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())

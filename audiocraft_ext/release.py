@@ -17,7 +17,7 @@ import shutil
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,9 +48,10 @@ def pointer_package(pretrained: str) -> dict[str, Any]:
     return {"pretrained": pretrained, "exported": True, "version": audiocraft_version()}
 
 
-def save_package(package: Mapping[str, Any], path: Path) -> None:
-    """Write a release file as torch.save would, streamed and fsync'ed."""
-    save_streaming(dict(package), path)
+def save_package(package: Mapping[str, Any], path: Path,
+                 progress: Optional[Callable[[int], None]] = None) -> str:
+    """Write a release file as torch.save would, streamed and fsync'ed; return its sha256."""
+    return save_streaming(dict(package), path, progress)
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> None:

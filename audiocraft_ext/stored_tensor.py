@@ -122,15 +122,45 @@ class StoredTensor:
         return f"StoredTensor({tuple(self.size)}, {self.dtype}, key={self.storage.key})"
 
 
-TensorLike = Union[torch.Tensor, StoredTensor]
+@dataclass(eq=False)
+class CastTensor:
+    """A tensor to be cast to ``dtype`` when it is read (``output.dtype``)."""
+
+    source: Union[torch.Tensor, StoredTensor]
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.source.shape
+
+    def numel(self) -> int:
+        return self.source.numel()
+
+    def element_size(self) -> int:
+        return _element_size(self.dtype)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def load(self) -> torch.Tensor:
+        return as_tensor(self.source).to(self.dtype).contiguous()
+
+
+TensorLike = Union[torch.Tensor, StoredTensor, CastTensor]
 
 
 def is_tensor(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, StoredTensor))
+    return isinstance(value, (torch.Tensor, StoredTensor, CastTensor))
 
 
 def as_tensor(value: TensorLike) -> torch.Tensor:
-    return value.load() if isinstance(value, StoredTensor) else value
+    return value if isinstance(value, torch.Tensor) else value.load()
+
+
+def cast_state(state: Mapping[str, TensorLike], dtype: torch.dtype) -> dict[str, TensorLike]:
+    """``state`` with its floating-point tensors cast to ``dtype`` on read; others untouched."""
+    return {k: CastTensor(v, dtype) if v.is_floating_point() and v.dtype != dtype else v
+            for k, v in state.items()}
 
 
 def load_state(state: Mapping[str, TensorLike]) -> dict[str, torch.Tensor]:

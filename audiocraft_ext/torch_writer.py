@@ -9,6 +9,7 @@ never materialised as a whole. ``torch.load`` reads the result like any torch.sa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -21,7 +22,7 @@ import torch
 from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
-from .stored_tensor import StoredStorage, StoredTensor
+from .stored_tensor import CastTensor, StoredStorage, StoredTensor
 
 ProgressFn = Callable[[int], None]
 # torch >= 2.x takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
@@ -34,6 +35,28 @@ class _OutStorage:
     def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
                  read: Callable[[], torch.Tensor]) -> None:
         self.key, self.dtype, self.numel, self.nbytes, self.read = key, dtype, numel, nbytes, read
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(stride))
+
+
+class _HashingWriter:
+    """The file torch's zip writer writes to: hashes what passes, so no second read is needed."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _storage_type(dtype: torch.dtype) -> Any:
@@ -58,13 +81,18 @@ class _StreamingPickler(pickle.Pickler):
             out = self._storage(src, src.dtype, src.numel, src.nbytes, src.read)
             return _rebuild_tensor_v2, (out, obj.offset, obj.size, obj.stride, False,
                                         OrderedDict())
-        if isinstance(obj, torch.Tensor):
-            tensor = obj.detach().cpu().contiguous()
-            out = self._storage(tensor, tensor.dtype, tensor.numel(),
-                                tensor.numel() * tensor.element_size(),
-                                lambda t=tensor: t.reshape(-1).view(torch.uint8))
-            return _rebuild_tensor_v2, (out, 0, tuple(tensor.shape), tuple(tensor.stride()),
-                                        False, OrderedDict())
+        if isinstance(obj, (torch.Tensor, CastTensor)):  # written as a new contiguous storage
+            if isinstance(obj, torch.Tensor):
+                tensor = obj.detach().cpu().contiguous()
+                read: Callable[[], torch.Tensor] = lambda t=tensor: t  # noqa: E731
+            else:
+                read = obj.load
+            shape = tuple(obj.shape)
+            numel = obj.numel()
+            out = self._storage(obj, obj.dtype, numel, numel * obj.element_size(),
+                                lambda: read().reshape(-1).view(torch.uint8))
+            return _rebuild_tensor_v2, (out, 0, shape, _contiguous_stride(shape), False,
+                                        OrderedDict())
         return NotImplemented
 
     def persistent_id(self, obj: Any) -> Optional[tuple]:
@@ -73,16 +101,17 @@ class _StreamingPickler(pickle.Pickler):
         return None
 
 
-def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) -> None:
+def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) -> str:
     """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
-    fsync'ed. ``progress`` is called with the bytes of each storage written."""
+    fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written."""
     buf = io.BytesIO()
     pickler = _StreamingPickler(buf)
     pickler.dump(obj)
     data = buf.getvalue()
     try:
         with open(path, "wb") as f:
-            with torch.serialization._open_zipfile_writer(f) as zf:
+            hashing = _HashingWriter(f)
+            with torch.serialization._open_zipfile_writer(hashing) as zf:
                 zf.write_record("data.pkl", data, len(data))
                 if hasattr(torch.serialization, "_get_storage_alignment"):  # as torch.save does
                     zf.write_record(".format_version", "1", 1)
@@ -91,9 +120,14 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
                 zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
                 for out in pickler.storages.values():
                     flat = out.read()
-                    data = flat.untyped_storage() if _WRITES_STORAGES else flat.data_ptr()
-                    zf.write_record(f"data/{out.key}", data, out.nbytes)
-                    del flat
+                    if _WRITES_STORAGES:
+                        if flat.storage_offset() or flat.untyped_storage().nbytes() != out.nbytes:
+                            flat = flat.clone()  # a view: write its bytes, not its base's
+                        record: Any = flat.untyped_storage()
+                    else:
+                        record = flat.data_ptr()
+                    zf.write_record(f"data/{out.key}", record, out.nbytes)
+                    del flat, record
                     if progress is not None:
                         progress(out.nbytes)
             f.flush()
@@ -102,3 +136,4 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     except RuntimeError as exc:  # torch's zip writer reports failed writes this way
         raise ExportError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
+    return hashing.sha256.hexdigest()

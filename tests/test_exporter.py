@@ -171,3 +171,25 @@ def test_audiogen_validates_with_audiogen_class(musicgen_xp, tmp_path):
 def test_plain_omegaconf_config(plain_cfg_ckpt, tmp_path):
     result = export_release(plain_cfg_ckpt, tmp_path / "rel")
     assert all(c["ok"] for c in result.manifest["validation"]["checks"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_output_dtype_casts_floating_tensors(musicgen_ckpt, tmp_path, dtype):
+    result = export_release(musicgen_ckpt, tmp_path / "rel", dtype=dtype)  # validate=full
+    target = getattr(torch, dtype)
+    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
+    source = torch_load(musicgen_ckpt)["best_state"]["model"]
+    _assert_equal_states(got, {k: v.to(target) for k, v in source.items()})
+    assert result.manifest["state"]["dtype"] == dtype
+    assert result.manifest["state"]["dtypes"] == {dtype: len(source)}
+    assert all(c["ok"] for c in result.manifest["validation"]["checks"])
+
+
+def test_manifest_times_export_and_validation_separately(release):
+    timings = release.manifest["timings"]
+    for phase in ("export", "validation"):
+        assert timings[phase]["seconds"] > 0
+        assert timings[phase]["peak_rss_bytes"] > 50 << 20  # a Python process with torch
+        assert timings[phase]["peak_rss_scope"] == "phase"
+    # validation builds the models; the export itself holds one storage at a time
+    assert timings["validation"]["peak_rss_bytes"] >= timings["export"]["peak_rss_bytes"]
