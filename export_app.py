@@ -9,6 +9,7 @@
 import logging
 import sys
 import warnings
+from typing import Optional
 
 import hydra
 from omegaconf import DictConfig
@@ -23,14 +24,16 @@ logger = logging.getLogger("export_app")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> str:
-    from audiocraft_ext.app import run  # imports audiocraft: kept out of --help and --cfg
+def main(cfg: DictConfig) -> Optional[str]:
+    from audiocraft_ext.app import run_job  # imports torch: kept out of --help and --cfg
 
     try:
-        result = run(cfg)
+        result = run_job(cfg)
     except ExportError as exc:
         logger.error("%s", exc)
         sys.exit(1)
+    if result is None:  # a failed job of a multirun, recorded for the sweep summary
+        return None
     print(result.release_dir)
     return str(result.release_dir)
 

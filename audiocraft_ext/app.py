@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import traceback
 from pathlib import Path
+from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from .config import CheckpointInput, DemoInput, ExportConfig, InputConfig, XPInput
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .exporter import ExportResult, export_release
+from .release import LM_FILE
 from .sources import CheckpointSource, resolve_checkpoint, resolve_signature
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,59 @@ def resolve_input(spec: InputConfig) -> CheckpointSource:
     raise TypeError(f"unknown input {spec!r}")
 
 
+JOB_RECORD = "export_result.json"  # per job, in its Hydra output dir; read by SweepSummary
+CONFIG_FILE = "export_config.yaml"  # in each release: re-run with --config-dir/--config-name
+
+# the config groups of conf/export.yaml, in their defaults-list order
+GROUPS = ("input", "state", "compression", "output", "validate")
+
+
+def run_job(cfg: DictConfig) -> Optional[ExportResult]:
+    """One Hydra job: export, log, and leave a record of the outcome for the sweep summary.
+
+    In a single run an ExportError propagates (the app exits 1); in a multirun it is
+    recorded instead, so that one bad checkpoint does not stop the sweep.
+    """
+    started = time.perf_counter()
+    record: dict[str, Any] = {"job": HydraConfig.get().job.get("num"),
+                              "overrides": list(HydraConfig.get().overrides.task)}
+    result = None
+    try:
+        result = run(cfg)
+        record.update(status="ok", **_result_facts(result))
+    except Exception as exc:
+        record.update(status="failed", error=str(exc) if isinstance(exc, ExportError)
+                      else f"{type(exc).__name__}: {first_line(exc)}")
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        if isinstance(exc, ExportError):
+            logger.error("%s", exc)
+        else:
+            logger.error("unexpected failure:\n%s", traceback.format_exc())
+    finally:
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        out = Path(HydraConfig.get().runtime.output_dir) / JOB_RECORD
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    return result
+
+
+def _result_facts(result: ExportResult) -> dict[str, Any]:
+    m = result.manifest
+    v = m["validation"]
+    return {"source": m["source"]["path"], "release": str(result.release_dir),
+            "state": m["state"]["key"], "bytes": m["files"][LM_FILE]["bytes"],
+            "sha256": m["files"][LM_FILE]["sha256"],
+            "validation": f"{v['level']}: ok" if v["checks"] else v["level"]}
+
+
+def rerunnable_config(cfg: DictConfig) -> DictConfig:
+    """The composed config as a primary config: the chosen options plus every value."""
+    choices = HydraConfig.get().runtime.choices
+    values = OmegaConf.to_container(cfg, resolve=True)
+    defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), "_self_"]
+    return OmegaConf.create({"defaults": defaults, **values})
+
+
 def run(cfg: DictConfig) -> ExportResult:
     """Export the checkpoint the composed ``cfg`` designates and log a summary."""
     try:
@@ -51,8 +110,8 @@ def run(cfg: DictConfig) -> ExportResult:
     result = export_release(
         source, out_dir, state=spec.state.select, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
-        trust=spec.input.trust,
-        config=OmegaConf.to_container(cfg, resolve=True))
+        trust=spec.input.trust, config=OmegaConf.to_container(cfg, resolve=True),
+        extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg))})
     _log_summary(result)
     return result
 

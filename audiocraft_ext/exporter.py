@@ -18,7 +18,7 @@ from .manifest import file_facts, state_facts, versions
 from .measure import phase
 from .progress import byte_progress
 from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save_package,
-                      staged_release, write_json)
+                      staged_release, write_json, write_text)
 from .safe_load import load_checkpoint
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, select_state
@@ -45,6 +45,7 @@ def export_release(
     overwrite: bool = False,
     trust: bool = False,
     config: Optional[Mapping[str, Any]] = None,
+    extra_files: Optional[Mapping[str, str]] = None,
 ) -> ExportResult:
     """Export a solver checkpoint to an audiocraft release folder and prove it loads.
 
@@ -61,6 +62,7 @@ def export_release(
         overwrite: replace an existing release (only after the new one validated).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
         config: the composed configuration, recorded in the manifest.
+        extra_files: text files to publish with the release (name -> content).
     Raises:
         ExportError: with a one-line explanation; nothing is left at ``out_dir``.
     """
@@ -95,6 +97,8 @@ def export_release(
             manifest["validation"] = validate_release(staging, lm_cfg, lm_state, tokenizer,
                                                       validate, stand_in)
         manifest["timings"] = {"export": export_phase, "validation": validation_phase}
+        for name, text in (extra_files or {}).items():
+            write_text(text, staging / name)
         write_json(manifest, staging / MANIFEST_FILE)
     logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB)",
                 export_phase["seconds"], export_phase["peak_rss_bytes"] / 2**20,

@@ -55,11 +55,18 @@ def save_package(package: Mapping[str, Any], path: Path,
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_text(json.dumps(data, indent=2, default=str) + "\n", path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a small file, fsync'ed like the rest of the release."""
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(path: Path) -> None:

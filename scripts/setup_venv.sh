@@ -11,7 +11,7 @@ case "$STACK" in modern) default_venv=.venv ;; pinned) default_venv=.venv-pinned
 VENV=${VENV:-$default_venv}
 PYTHON=${PYTHON:-python3}
 
-inputs=(requirements/common.txt requirements/test.txt "requirements/$STACK.txt"
+inputs=(requirements/common.txt requirements/launchers.txt requirements/test.txt "requirements/$STACK.txt"
         "requirements/$STACK.lock" pyproject.toml scripts/setup_venv.sh)
 stamp=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 if [ -f "$VENV/.setup-stamp" ] && [ "$(cat "$VENV/.setup-stamp")" = "$stamp" ]; then
@@ -22,7 +22,8 @@ echo "setup_venv: building $VENV for the $STACK stack (a few minutes on first us
 pip=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 # The lock pins every transitive version that was verified together.
 "${pip[@]}" install -c "requirements/$STACK.lock" \
-  -r "requirements/$STACK.txt" -r requirements/common.txt -r requirements/test.txt \
+  -r "requirements/$STACK.txt" -r requirements/common.txt -r requirements/launchers.txt \
+  -r requirements/test.txt \
   2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 # audiocraft's own pins (av==11.0.0, gradio, torchtext...) do not install on Python 3.11.
 "${pip[@]}" install --no-deps audiocraft==1.3.0 2> >(grep -v "^WARNING: Location" >&2)

@@ -290,7 +290,10 @@ main() {
     [[ $# -eq 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     [[ $1 != start ]] || mkdir -p "$2"
-    [[ -d $2 ]] || die "no such directory: $2"
+    if [[ ! -d $2 ]]; then   # nothing was started there: stop is a no-op
+        log "no such directory: $2"
+        [[ $1 == stop ]] && exit 0 || exit 1
+    fi
     S=$(cd "$2" && pwd -P)
     [[ $S != *[[:space:]]* ]] || die "STATE_DIR must not contain whitespace: $S"
     NODE=$(hostname -s)

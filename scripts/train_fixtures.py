@@ -24,6 +24,7 @@ the default output folders; AUDIOCRAFT_SDIST may point at a local audiocraft-1.3
 from __future__ import annotations
 
 import argparse
+import fcntl
 import getpass
 import hashlib
 import json
@@ -180,6 +181,7 @@ def ffmpeg_bin_dir(out: Path) -> Path:
         exe = shutil.which("ffmpeg")
     if not exe:
         fail("no ffmpeg: `pip install imageio-ffmpeg` into this venv or put ffmpeg on PATH")
+    exe = os.path.realpath(exe)  # never link to our own link
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(exe)
@@ -369,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
 
     script_sha = sha256_file(SCRIPT)
     out = (args.out or default_out(script_sha)).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per folder (pytest-xdist workers, parallel sessions): the others
+    # wait here, then find the cache filled.
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(args, out, script_sha)
+
+
+def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
     manifest_path = out / "fixtures.json"
     wanted = closure(args.only or DEFAULT_SET)
 
@@ -428,10 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         sigs = {n: x["sig"] for n, x in xps.items()}
         xps[name] = train(name, out, src, env, logdir, sigs)
 
+    import torch
     result = {
         "audiocraft": AUDIOCRAFT_VERSION,
         "script_sha256": script_sha,
         "python": sys.executable,
+        "torch": torch.__version__,
         "dora_dir": env["AUDIOCRAFT_DORA_DIR"],
         "sdist_dir": str(src),
         "total_seconds": round(time.time() - t0, 2),
