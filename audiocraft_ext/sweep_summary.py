@@ -33,7 +33,8 @@ class SweepSummary(Callback):
         (sweep_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         table = format_table(jobs)
         (sweep_dir / "sweep_summary.txt").write_text(table + "\n")
-        logger.info("sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, table)
+        print(table)
+        logger.info("sweep summary written to %s", sweep_dir / SUMMARY_FILE)
         if failed:
             raise SystemExit(f"{len(failed)} of {len(jobs)} export jobs failed; "
                              f"see {sweep_dir / SUMMARY_FILE}")

@@ -34,6 +34,21 @@ wait_for() {
     done
 }
 
+# Runs "$@" with stdin/stdout/stderr on /dev/null and log $1, and without any
+# other inherited descriptor: a daemon holding the caller's pipe (our fd 3 is
+# its stdout) would make `$(slurm_local.sh start ...)` or a capturing
+# subprocess.run() wait forever.
+spawn() {
+    local log=$1 fd; shift
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            ((fd <= 2)) || eval "exec $fd>&-"
+        done
+        exec "$@"
+    ) </dev/null >>"$log" 2>&1
+}
+
 install_packages() {
     local missing=() p
     for p in "${PACKAGES[@]}"; do
@@ -156,9 +171,9 @@ start_munge() {
     if [[ ! -s $S/munge-key/munge.key ]]; then
         (umask 077; dd if=/dev/urandom of="$S/munge-key/munge.key" bs=1024 count=1 status=none)
     fi
-    munged --socket="$MUNGE_SOCK" --key-file="$S/munge-key/munge.key" \
+    spawn "$S/log/munged.log" munged --socket="$MUNGE_SOCK" --key-file="$S/munge-key/munge.key" \
         --pid-file="$S/run/munged.pid" --log-file="$S/log/munged.log" \
-        --seed-file="$S/munge-key/munged.seed" </dev/null >>"$S/log/munged.log" 2>&1 ||
+        --seed-file="$S/munge-key/munged.seed" ||
         die "munged failed to start (see $S/log/munged.log)"
     wait_for 10 munge -S "$MUNGE_SOCK" -n || die "munged not answering"
 }
@@ -171,10 +186,10 @@ start_mariadb() {
     fi
     # mariadbd does not daemonize itself; setsid detaches it from our session
     # so a caller's Ctrl-C or pipe does not take it down.
-    setsid mariadbd --no-defaults --user=root --datadir="$S/db" --socket="$S/mysql.sock" \
+    spawn "$S/log/mariadb.log" setsid mariadbd --no-defaults --user=root --datadir="$S/db" --socket="$S/mysql.sock" \
         --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
         --pid-file="$S/run/mariadbd.pid" --log-error="$S/log/mariadb.log" \
-        --innodb-lock-wait-timeout=900 </dev/null >>"$S/log/mariadb.log" 2>&1 &
+        --innodb-lock-wait-timeout=900 &
     wait_for 30 mariadb-admin --no-defaults -S "$S/mysql.sock" -u root ping ||
         die "MariaDB did not come up (see $S/log/mariadb.log)"
     # TCP user for slurmdbd: root@localhost only authenticates via unix socket.
@@ -186,7 +201,7 @@ start_mariadb() {
 # Runs a slurm daemon (they daemonize themselves) and waits for its pid file.
 start_slurm_daemon() {
     local name=$1; shift
-    "$@" </dev/null >>"$S/log/$name.out" 2>&1 || die "$name failed to start (see $S/log/$name.log)"
+    spawn "$S/log/$name.out" "$@" || die "$name failed to start (see $S/log/$name.log)"
     wait_for 15 daemon_pid "$name" || die "$name did not stay up (see $S/log/$name.log)"
 }
 
@@ -235,19 +250,32 @@ is_dead() {
     [[ ${st%% *} == Z ]]
 }
 
-# SIGTERM, wait up to 15 s, then SIGKILL; returns once the process is gone.
+# SIGTERM, wait up to $3 (15) s, then SIGKILL; returns once the process is gone.
 kill_wait() {
     local pid=$1 name=$2
     kill -TERM "$pid" 2>/dev/null || return 0
-    if ! wait_for 15 is_dead "$pid"; then
+    if ! wait_for "${3:-15}" is_dead "$pid"; then
         log "$name ($pid) ignored SIGTERM, killing"
         kill -KILL "$pid" 2>/dev/null || true
         wait_for 5 is_dead "$pid" || log "WARNING: $name ($pid) still alive"
     fi
 }
 
-# Job step daemons are reparented to init, so they have no pid file; they
-# inherited our SLURM_CONF from slurmd, which identifies them as ours.
+# Prints the pids of all descendants of process $1.
+descendants() {
+    local p st kids=()
+    for p in /proc/[0-9]*; do
+        { st=$(<"$p/stat"); } 2>/dev/null || continue
+        st=${st##*) }; st=${st#* }
+        [[ ${st%% *} == "$1" ]] && kids+=("${p#/proc/}")
+    done
+    for p in ${kids[@]+"${kids[@]}"}; do echo "$p"; descendants "$p"; done
+}
+
+# Only needed when scancel could not run (slurmctld dead): step daemons are
+# reparented to init, so they have no pid file; they inherited our SLURM_CONF
+# from slurmd, which identifies them as ours. They ignore SIGTERM and leave
+# the job running, so kill the job's processes first.
 kill_stepds() {
     local p pid exe
     for p in /proc/[0-9]*; do
@@ -255,7 +283,8 @@ kill_stepds() {
         [[ $exe == */slurmstepd || $exe == */slurmstepd-wlm ]] || continue
         tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "SLURM_CONF=$SLURM_CONF" || continue
         pid=${p#/proc/}
-        kill_wait "$pid" slurmstepd
+        descendants "$pid" | xargs -r kill -KILL 2>/dev/null || true
+        kill_wait "$pid" slurmstepd 2
     done
 }
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from typing import NoReturn
 
 AUDIOCRAFT_VERSION = "1.3.0"
 SCRIPT = Path(__file__).resolve()
@@ -109,7 +110,7 @@ def log(msg: str) -> None:
     print(f"[train_fixtures] {msg}", file=sys.stderr, flush=True)
 
 
-def fail(msg: str) -> "tp.NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
     log("ERROR: " + msg)
     raise SystemExit(1)
 
@@ -210,6 +211,10 @@ def child_env(out: Path, src: Path, bindir: Path) -> dict:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
+        # torch >= 2.6 defaults torch.load to weights_only=True, and audiocraft's solver then
+        # cannot load the //sig/ EnCodec checkpoint (pickled DictConfig). These are our own
+        # files, just written; torch < 2.6 ignores the variable.
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
     })
     env.pop("AUDIOCRAFT_CONFIG", None)
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -426,10 +431,9 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
     env = child_env(out, src, bindir)
 
     todo = [n for n in wanted if n not in have]
-    datasets = {"music32"} if any(
-        "fixtures_music32" in " ".join(XPS[n][2]) for n in wanted) else set()
-    if any("fixtures_sounds16" in " ".join(XPS[n][2]) for n in wanted):
-        datasets.add("sounds16")
+    by_yaml = {dset_name: ds for ds, (_sr, dset_name, _kind) in DATASETS.items()}
+    datasets = {by_yaml[ov.split("/", 1)[1]] for n in wanted for ov in XPS[n][2]
+                if ov.startswith("dset=audio/") and ov.split("/", 1)[1] in by_yaml}
     for ds in sorted(datasets):
         log(f"making synthetic data set {ds}")
         make_dataset(ds, out, src, env, logdir)

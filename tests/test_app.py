@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
 
 from audiocraft_ext.app import run
 from audiocraft_ext.config import register_configs
@@ -19,13 +20,18 @@ register_configs()
 
 def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="export", overrides=[
+        cfg = compose(config_name="export", return_hydra_config=True, overrides=[
             "input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={tmp_path}/rel",
             "validate=load"])
+    HydraConfig.instance().set_config(cfg)  # what @hydra.main does before calling the task
+    with open_dict(cfg):
+        del cfg["hydra"]
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
     assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt), "trust": False}
     assert result.manifest["validation"]["level"] == "load"
+    saved = OmegaConf.load(tmp_path / "rel" / "export_config.yaml")
+    assert saved.defaults[1] == {"input": "checkpoint"} and saved.input.path == str(musicgen_ckpt)
 
 
 def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
@@ -33,7 +39,7 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     release = tmp_path / "run" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
     assert proc.stdout.strip().splitlines()[-1] == str(release)
     assert sorted(p.name for p in release.iterdir()) == [
-        "compression_state_dict.bin", "export.json", "state_dict.bin"]
+        "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
     manifest = json.loads((release / "export.json").read_text())
     assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
     assert manifest["compression"]["reference"].startswith("//sig/")

@@ -321,5 +321,5 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
             check=True)
     assert not staging.exists()
     assert sorted(p.name for p in dest.iterdir()) == [
-        "compression_state_dict.bin", "export.json", "state_dict.bin"]
+        "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
     assert OmegaConf.create(json.loads((dest / "export.json").read_text())["config"]).validate.level == "load"

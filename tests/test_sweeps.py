@@ -1,0 +1,138 @@
+"""Multirun sweeps over checkpoints on each launcher, the sweep summary, and re-runs."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from audiocraft_ext.manifest import sha256_of
+from conftest import ROOT, run_app
+
+
+def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
+    """A Dora dir of its own holding the XPs of ``sources`` (and their tokenizer XP)."""
+    shutil.copytree(sources[0].parent.parent, dora_dir / "xps")
+    return [p.parent.name for p in sources]
+
+
+def _summary(sweep: Path) -> dict:
+    return json.loads((sweep / "sweep_summary.json").read_text())
+
+
+def _assert_jobs_ok(summary: dict, n: int) -> None:
+    assert summary["succeeded"] == n and summary["failed"] == 0
+    for job in summary["jobs"]:
+        release = Path(job["release"])
+        assert job["validation"] == "load: ok"
+        assert job["sha256"] == sha256_of(release / "state_dict.bin")
+        assert job["bytes"] == (release / "state_dict.bin").stat().st_size
+    assert len({j["release"] for j in summary["jobs"]}) == n  # never colliding
+
+
+@pytest.fixture(scope="module")
+def three_xps(musicgen_ckpt, fsdp_ckpt, plain_cfg_ckpt, tmp_path_factory):
+    dora = tmp_path_factory.mktemp("sweep-dora")
+    return dora, _xps(dora, [musicgen_ckpt, fsdp_ckpt, plain_cfg_ckpt])
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_three_xp_sweep(three_xps, tmp_path, launcher):
+    dora, sigs = three_xps
+    args = ["-m", "input=xp", f"input.dora_dir={dora}", f"input.sig={','.join(sigs)}",
+            "validate=load", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    if launcher != "basic":
+        args.append(f"hydra/launcher={launcher}")
+    if launcher == "submitit_local":
+        args += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
+    proc = run_app(*args, cwd=tmp_path, check=True)
+    summary = _summary(tmp_path / "sweep")
+    _assert_jobs_ok(summary, 3)
+    assert sorted(Path(j["release"]).name for j in summary["jobs"]) == sorted(sigs)
+    table = (tmp_path / "sweep" / "sweep_summary.txt").read_text()
+    assert table.startswith("job  status  source") and table.count("load: ok") == 3
+    assert table in proc.stdout
+
+
+def test_a_failing_job_does_not_stop_the_others(three_xps, tmp_path):
+    dora, sigs = three_xps
+    proc = run_app("-m", "input=xp", f"input.dora_dir={dora}",
+                   f"input.sig={sigs[0]},0badc0de,{sigs[1]}", "validate=load",
+                   "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "1 of 3 export jobs failed" in proc.stderr
+    summary = _summary(tmp_path / "sweep")
+    assert (summary["succeeded"], summary["failed"]) == (2, 1)
+    [failed] = [j for j in summary["jobs"] if j["status"] == "failed"]
+    assert failed["job"] == 1 and failed["error"] == f"no XP '0badc0de' in {dora / 'xps'}"
+    table = (tmp_path / "sweep" / "sweep_summary.txt").read_text()
+    assert f"job 1 error: no XP '0badc0de' in {dora / 'xps'}" in table
+
+
+def test_two_jobs_writing_one_release_fail_clearly(musicgen_ckpt, fsdp_ckpt, tmp_path):
+    out = tmp_path / "release"
+    proc = run_app("-m", "input=checkpoint", f"input.path={musicgen_ckpt},{fsdp_ckpt}",
+                   f"output.dir={out}", "validate=load", "hydra/launcher=joblib",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    summary = _summary(tmp_path / "sweep")
+    assert (summary["succeeded"], summary["failed"]) == (1, 1)
+    [failed] = [j for j in summary["jobs"] if j["status"] == "failed"]
+    assert failed["error"] in (f"another export is writing {out} right now",
+                               f"{out} already exists; choose another output.dir or set "
+                               "output.overwrite=true to replace it once the new export validated")
+    [ok] = [j for j in summary["jobs"] if j["status"] == "ok"]
+    assert json.loads((out / "export.json").read_text())["source"]["path"] == ok["source"]
+
+
+def test_rerun_from_the_saved_config_gives_the_same_bytes(musicgen_ckpt, tmp_path):
+    first = tmp_path / "first"
+    run_app("input=checkpoint", f"input.path={musicgen_ckpt}", "state=best", "validate=load",
+            f"output.dir={first}", f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path, check=True)
+    again = tmp_path / "again"
+    # the documented re-run command (README, "Sweeps and clusters")
+    run_app("--config-dir", str(first), "--config-name", "export_config", f"output.dir={again}",
+            f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
+    for name in ("state_dict.bin", "compression_state_dict.bin"):
+        assert sha256_of(again / name) == sha256_of(first / name)
+    a = torch.load(first / "state_dict.bin", weights_only=True)["best_state"]
+    b = torch.load(again / "state_dict.bin", weights_only=True)["best_state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    m1, m2 = (json.loads((d / "export.json").read_text()) for d in (first, again))
+    assert m1["config"] == {**m2["config"], "output": {**m2["config"]["output"], "dir": str(first)}}
+
+
+SLURM_SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node SLURM cluster on localhost, stopped after the module."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("the local SLURM cluster needs root and apt-get (Debian packages)")
+    state = tmp_path_factory.mktemp("slurm")
+    proc = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(state)], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    conf = proc.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
+    yield conf
+    subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(state)], check=True, timeout=300)
+
+
+@pytest.mark.slurm
+def test_three_xp_sweep_on_a_real_slurm_cluster(slurm_cluster, three_xps, tmp_path):
+    from conftest import app_env
+
+    dora, sigs = three_xps
+    proc = run_app("-m", "input=xp", f"input.dora_dir={dora}", f"input.sig={','.join(sigs)}",
+                   "validate=load", "hydra/launcher=slurm_export", "hydra.launcher.timeout_min=10",
+                   "hydra.launcher.signal_delay_s=60", "hydra.launcher.cpus_per_task=1",
+                   "hydra.launcher.mem_gb=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path, env=app_env(SLURM_CONF=slurm_cluster), check=True)
+    summary = _summary(tmp_path / "sweep")
+    _assert_jobs_ok(summary, 3)
+    assert len(list((tmp_path / "sweep" / ".submitit").iterdir())) == 3  # one SLURM job each
+    assert (tmp_path / "sweep" / "sweep_summary.txt").read_text() in proc.stdout
