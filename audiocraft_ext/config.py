@@ -19,6 +19,8 @@ class StateChoice(str, Enum):
     fsdp_best = "fsdp_best"
     best = "best"
     last = "last"  # the raw (non-EMA, non-best) `model` state
+    ema = "ema"  # the EMA weights (`ema['state']['model']`)
+    average = "average"  # the mean of one state over several epoch checkpoints
 
 
 class OutputDtype(str, Enum):
@@ -70,6 +72,11 @@ class DemoInput(InputConfig):
 @dataclass
 class StateConfig:
     select: StateChoice = StateChoice.auto
+    # state=average: which state of each epoch checkpoint, and which epochs (an explicit list,
+    # else the last `last_k` checkpoint_<epoch>.th files of the XP folder)
+    average_of: StateChoice = StateChoice.last
+    last_k: int = 3
+    epochs: Optional[list[int]] = None
 
 
 # --- compression -------------------------------------------------------------------------

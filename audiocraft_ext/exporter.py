@@ -10,22 +10,25 @@ from typing import Any, Mapping, Optional
 import torch
 from omegaconf import DictConfig
 
+from .averaging import average_members, average_state
 from .compression import CompressionRelease, resolve_compression
 from .config import (AutoCompression, CheckpointCompression, CompressionConfig, OutputDtype,
-                     StateChoice, ValidateConfig)
+                     StateChoice, StateConfig, ValidateConfig)
 from .errors import ExportError
 from .manifest import file_facts, state_facts, versions
 from .measure import phase
 from .progress import byte_progress
 from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save_package,
                       staged_release, write_json, write_text)
+from .repairs import loadable_config
 from .safe_load import load_checkpoint
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, select_state
 from .stored_tensor import cast_state
-from .validation import validate_release
+from .validation import validate_release, validate_tokenizer_release
 
 logger = logging.getLogger(__name__)
+TOKENIZER_SOLVER = "compression"  # an EnCodec XP: released as compression_state_dict.bin alone
 
 
 @dataclass
@@ -34,11 +37,20 @@ class ExportResult:
     manifest: dict[str, Any] = field(repr=False)
 
 
+@dataclass
+class _Selected:
+    cfg: DictConfig
+    key: str  # checkpoint key of the state, or "average"
+    state: StateDict
+    xp_sig: Optional[str]
+    members: Optional[list[dict[str, Any]]] = None  # state=average: the files averaged
+
+
 def export_release(
     checkpoint: str | Path | CheckpointSource,
     out_dir: str | Path,
     *,
-    state: StateChoice | str = StateChoice.auto,
+    state: StateConfig | StateChoice | str = StateChoice.auto,
     compression: CompressionConfig = AutoCompression(),
     validate: ValidateConfig = ValidateConfig(),
     dtype: OutputDtype | str = OutputDtype.keep,
@@ -50,15 +62,18 @@ def export_release(
     """Export a solver checkpoint to an audiocraft release folder and prove it loads.
 
     Only the selected state's tensors are read, one storage at a time, so memory stays near
-    the size of the largest tensor whatever else the checkpoint holds.
+    the size of the largest tensor whatever else the checkpoint holds. An LM (MusicGen,
+    AudioGen, MAGNeT) gives ``state_dict.bin`` plus its tokenizer; an EnCodec XP gives
+    ``compression_state_dict.bin`` alone.
 
     Args:
         checkpoint: a ``checkpoint*.th`` file or an XP folder.
         out_dir: the release folder to create; it appears only once complete and validated.
-        state: which weights to release (see :class:`StateChoice`).
-        compression: which tokenizer file to ship beside the LM.
+        state: which weights to release (a :class:`StateChoice`, or a :class:`StateConfig`
+            for ``average``).
+        compression: which tokenizer file to ship beside an LM.
         validate: what to check before publishing.
-        dtype: cast the LM's floating-point tensors (``keep``: as stored).
+        dtype: cast the released floating-point tensors (``keep``: as stored).
         overwrite: replace an existing release (only after the new one validated).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
         config: the composed configuration, recorded in the manifest.
@@ -67,35 +82,54 @@ def export_release(
         ExportError: with a one-line explanation; nothing is left at ``out_dir``.
     """
     source = checkpoint if isinstance(checkpoint, CheckpointSource) else resolve_checkpoint(checkpoint)
-    state, dtype = StateChoice(state), OutputDtype(dtype)
+    spec = state if isinstance(state, StateConfig) else StateConfig(select=StateChoice(state))
+    dtype = OutputDtype(dtype)
     out_dir = Path(out_dir).expanduser().absolute()
     export_phase: dict[str, Any] = {}
     validation_phase: dict[str, Any] = {}
     with staged_release(out_dir, overwrite) as staging:
         with phase(export_phase):
-            lm_cfg, state_key, lm_state, xp_sig = _read_lm(source, state, trust)
-            if dtype is not OutputDtype.keep:
-                lm_state = cast_state(lm_state, getattr(torch, dtype.value))
-            tokenizer = resolve_compression(compression, lm_cfg, source, trust=trust)
-            files = _write(staging, lm_cfg, lm_state, tokenizer)
+            sel = _select(source, spec, trust)
+            solver = sel.cfg.get("solver")
+            weights = sel.state if dtype is OutputDtype.keep else cast_state(
+                sel.state, getattr(torch, dtype.value))
+            tokenizer_only = solver == TOKENIZER_SOLVER
+            cfg, repairs = (sel.cfg, []) if tokenizer_only else loadable_config(sel.cfg)
+            tokenizer = None
+            if tokenizer_only:
+                if not isinstance(compression, AutoCompression):
+                    logger.warning("%s is a tokenizer (EnCodec) XP: compression=... is ignored",
+                                   source.path)
+                packages = {COMPRESSION_FILE: lm_package(weights, cfg)}
+            else:
+                tokenizer = resolve_compression(compression, cfg, source, trust=trust)
+                packages = {LM_FILE: lm_package(weights, cfg)}
+                if tokenizer is not None:
+                    packages[COMPRESSION_FILE] = tokenizer.package
+            files = _write(staging, packages)
         manifest: dict[str, Any] = {
             "release": str(out_dir),
-            "source": {**file_facts(source.path), "name": source.name,
-                       "solver": lm_cfg.get("solver"), "xp_sig": xp_sig},
-            "state": {"selected": state.value, "key": state_key, "dtype": dtype.value,
-                      **state_facts(lm_state)},
+            "source": {**file_facts(source.path), "name": source.name, "solver": solver,
+                       "xp_sig": sel.xp_sig},
+            "state": {"selected": spec.select.value, "key": sel.key, "dtype": dtype.value,
+                      **({"members": sel.members} if sel.members else {}),
+                      **state_facts(weights)},
             "compression": _tokenizer_facts(tokenizer),
+            "repairs": repairs,
             "files": files,
             "versions": versions(),
             "config": dict(config) if config is not None else None,
         }
-        stand_in = None
-        if validate.tokenizer and tokenizer is not None and tokenizer.pretrained:
-            stand_in = resolve_compression(CheckpointCompression(path=validate.tokenizer),
-                                           lm_cfg, source, trust=trust)
         with phase(validation_phase):
-            manifest["validation"] = validate_release(staging, lm_cfg, lm_state, tokenizer,
-                                                      validate, stand_in)
+            if tokenizer_only:
+                manifest["validation"] = validate_tokenizer_release(staging, weights, validate)
+            else:
+                stand_in = None
+                if validate.tokenizer and tokenizer is not None and tokenizer.pretrained:
+                    stand_in = resolve_compression(CheckpointCompression(path=validate.tokenizer),
+                                                   cfg, source, trust=trust)
+                manifest["validation"] = validate_release(staging, cfg, weights, tokenizer,
+                                                          validate, stand_in)
         manifest["timings"] = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
@@ -108,29 +142,30 @@ def export_release(
     return ExportResult(out_dir, manifest)
 
 
-def _read_lm(source: CheckpointSource, state: StateChoice, trust: bool,
-             ) -> tuple[DictConfig, str, StateDict, Optional[str]]:
-    """The LM's config, the selected state (still on disk) and the XP signature."""
+def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Selected:
+    """The config and the selected state (still on disk) of the checkpoint."""
     pkg = load_checkpoint(source.path, trust=trust)
     if not isinstance(pkg, dict):
         raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
-    lm_cfg = pkg.get("xp.cfg")
-    if not isinstance(lm_cfg, DictConfig):
+    cfg = pkg.get("xp.cfg")
+    if not isinstance(cfg, DictConfig):
         raise ExportError(f"{source.path} has no xp.cfg config "
-                          f"({'missing' if lm_cfg is None else type(lm_cfg).__name__}): "
+                          f"({'missing' if cfg is None else type(cfg).__name__}): "
                           "not an AudioCraft solver checkpoint")
-    state_key, lm_state = select_state(pkg, state, source=str(source.path))
-    logger.info("exporting %s of %s (solver %s): %d tensors", state_key, source.path,
-                lm_cfg.get("solver"), len(lm_state))
-    return lm_cfg, state_key, lm_state, pkg.get("xp.sig")
+    if spec.select is StateChoice.average:
+        members = average_members(source.path.parent, spec.last_k, spec.epochs)
+        state, facts = average_state(members, spec.average_of, trust=trust)
+        selected = _Selected(cfg, "average", state, pkg.get("xp.sig"), facts)
+    else:
+        key, state = select_state(pkg, spec.select, source=str(source.path))
+        selected = _Selected(cfg, key, state, pkg.get("xp.sig"))
+    logger.info("exporting %s of %s (solver %s): %d tensors", selected.key, source.path,
+                cfg.get("solver"), len(selected.state))
+    return selected
 
 
-def _write(staging: Path, lm_cfg: DictConfig, lm_state: StateDict,
-           tokenizer: Optional[CompressionRelease]) -> dict[str, dict[str, Any]]:
+def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Write the release files into ``staging``; return their bytes and sha256."""
-    packages = {LM_FILE: lm_package(lm_state, lm_cfg)}
-    if tokenizer is not None:
-        packages[COMPRESSION_FILE] = tokenizer.package
     total = sum(state_facts(p["best_state"])["bytes"] for p in packages.values()
                 if "best_state" in p)
     advance, close = byte_progress(total, "writing release")

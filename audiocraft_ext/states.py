@@ -12,11 +12,13 @@ StateDict = dict[str, TensorLike]
 
 # checkpoint key holding each choice; best states are {'model': state_dict}, `model` is flat.
 _KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
-         StateChoice.last: "model"}
+         StateChoice.last: "model", StateChoice.ema: "ema"}
 
 
 def _model_state(pkg: Mapping[str, Any], key: str) -> StateDict | None:
     value = pkg.get(key)
+    if key == "ema" and isinstance(value, Mapping):  # ModuleDictEMA: {'state': {'model': ...}}
+        value = value.get("state")
     if key != "model" and isinstance(value, Mapping):
         value = value.get("model")
     return dict(value) if isinstance(value, Mapping) and value else None
@@ -41,8 +43,13 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
             + (f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} empty"
                if present else "neither fsdp_best_state nor best_state is present")
             + " (state=last exports the raw model weights instead)")
+    if choice is StateChoice.average:
+        raise ValueError("state=average spans several checkpoints: see averaging.average_state")
     key = _KEYS[choice]
     state = _model_state(pkg, key)
+    if key == "ema" and key in pkg and pkg[key] is None:
+        raise ExportError(f"{source}: state=ema, but EMA was off in this run ('ema' is None; "
+                          "optim.ema.use=false); choose state=best or state=last")
     if state is None:
         why = "is empty" if key in pkg else "is missing"
         raise ExportError(f"{source}: state={choice.value} needs '{key}', which {why}")

@@ -146,11 +146,38 @@ class CastTensor:
         return as_tensor(self.source).to(self.dtype).contiguous()
 
 
-TensorLike = Union[torch.Tensor, StoredTensor, CastTensor]
+@dataclass(eq=False)
+class AverageTensor:
+    """The mean of same-shaped tensors, computed in float32 when read, cast to ``dtype``."""
+
+    sources: list  # of TensorLike
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.sources[0].shape
+
+    def numel(self) -> int:
+        return self.sources[0].numel()
+
+    def element_size(self) -> int:
+        return _element_size(self.dtype)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def load(self) -> torch.Tensor:
+        total = torch.zeros(self.shape, dtype=torch.float32)
+        for source in self.sources:
+            total += as_tensor(source).to(torch.float32)
+        return (total / len(self.sources)).to(self.dtype).contiguous()
+
+
+TensorLike = Union[torch.Tensor, StoredTensor, CastTensor, AverageTensor]
 
 
 def is_tensor(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, StoredTensor, CastTensor))
+    return isinstance(value, (torch.Tensor, StoredTensor, CastTensor, AverageTensor))
 
 
 def as_tensor(value: TensorLike) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 import re
 import tempfile
 import time
@@ -24,10 +25,21 @@ from .stored_tensor import TensorLike, as_tensor
 
 logger = logging.getLogger(__name__)
 
-# cfg.solver -> the audiocraft model class whose get_pretrained must accept the release.
-MODEL_CLASSES = {"musicgen": "MusicGen", "audiogen": "AudioGen"}
-# Generation-time `extend_stride` defaults: get_pretrained asserts segment_duration exceeds it.
-_EXTEND_STRIDE = {"musicgen": 18.0, "audiogen": 2.0}
+@dataclass(frozen=True)
+class Family:
+    """How stock audiocraft loads the LMs of one solver family."""
+
+    model_class: str  # whose get_pretrained must accept the release
+    magnet: bool = False  # reloaded with load_lm_model_magnet (needs the tokenizer's frame rate)
+    extend_stride: Optional[float] = None  # get_pretrained asserts segment_duration exceeds it
+
+
+FAMILIES = {
+    "musicgen": Family("MusicGen", extend_stride=18.0),
+    "audiogen": Family("AudioGen", extend_stride=2.0),
+    "magnet": Family("MAGNeT", magnet=True),
+    "audio_magnet": Family("MAGNeT", magnet=True),
+}
 
 
 def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, TensorLike],
@@ -141,42 +153,42 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     report["checks"] = checks.results
     device = settings.device
     solver = str(lm_cfg.get("solver", ""))
+    family = FAMILIES.get(solver)
+    if family is None:
+        raise ExportError(f"cannot validate an LM of solver {solver!r} (known: "
+                          f"{', '.join(FAMILIES)}); use validate=none")
 
     with checks.check("lm_file"):
-        pkg = load_checkpoint(release_dir / LM_FILE)
-        if sorted(pkg) != ["best_state", "exported", "version", "xp.cfg"] \
-                or not isinstance(pkg["xp.cfg"], str) or pkg["exported"] is not True:
-            raise ExportError(f"{LM_FILE} does not have the release layout: keys {sorted(pkg)}")
-        compare_states(lm_state, pkg["best_state"], LM_FILE)
-        del pkg
-    with checks.check("load_lm_model"):
-        lm = loaders.load_lm_model(release_dir, device=device)
-        compare_states(lm_state, lm.state_dict(), "load_lm_model", cast=True)
-        del lm
+        _check_release_file(release_dir / LM_FILE, lm_state)
+    frame_rate = None
     if compression is None:
         report["skipped"].append("compression and get_pretrained: compression=none")
-        return
-    if compression.state is not None:
-        with checks.check("load_compression_model"):
-            model = loaders.load_compression_model(load_dir, device=device)
-            compare_states(compression.state, model.state_dict(), "load_compression_model",
-                           cast=True)
-            del model
     else:
         with checks.check("load_compression_model"):
-            _load_pretrained_tokenizer(lambda: loaders.load_compression_model(load_dir,
-                                                                              device=device),
-                                       compression.pretrained)
-    if level is ValidateLevel.load:
+            tokenizer = _load_pretrained_tokenizer(
+                lambda: loaders.load_compression_model(load_dir, device=device),
+                compression.pretrained)
+            if compression.state is not None:
+                compare_states(compression.state, tokenizer.state_dict(),
+                               "load_compression_model", cast=True)
+            frame_rate = int(tokenizer.frame_rate)
+            del tokenizer
+    if family.magnet and frame_rate is None:
+        report["skipped"].append("load_lm_model_magnet: it needs the tokenizer's frame rate")
+    else:
+        with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model"):
+            lm = (loaders.load_lm_model_magnet(load_dir, compression_model_frame_rate=frame_rate,
+                                               device=device) if family.magnet
+                  else loaders.load_lm_model(load_dir, device=device))
+            compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
+            del lm
+    if level is ValidateLevel.load or compression is None:
         return
-    if solver not in MODEL_CLASSES:
-        raise ExportError(f"validate=full does not know the model class for solver {solver!r} "
-                          f"(known: {', '.join(MODEL_CLASSES)}); use validate=load")
-    _check_segment_duration(lm_cfg, solver)
+    _check_segment_duration(lm_cfg, family)
     with checks.check("get_pretrained") as entry:
         import audiocraft.models
 
-        cls = getattr(audiocraft.models, MODEL_CLASSES[solver])
+        cls = getattr(audiocraft.models, family.model_class)
         model = _load_pretrained_tokenizer(
             lambda: cls.get_pretrained(str(load_dir), device=device), compression.pretrained)
         entry["model_class"] = cls.__name__
@@ -184,15 +196,71 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
         entry.update(_generate(model, settings))
 
 
-def _check_segment_duration(lm_cfg: DictConfig, solver: str) -> None:
+def validate_tokenizer_release(release_dir: Path, state: StateDict, settings: ValidateConfig,
+                               ) -> dict[str, Any]:
+    """Check an EnCodec-only release: the file, CompressionModel.get_pretrained(file) with an
+    exact comparison, and (``full``) an encode/decode round trip."""
+    level = ValidateLevel(settings.level)
+    report: dict[str, Any] = {"level": level.value, "checks": [], "skipped": []}
+    if level is ValidateLevel.none:
+        return report
+    from audiocraft.models import CompressionModel
+
+    checks = _Checks()
+    report["checks"] = checks.results
+    path = release_dir / COMPRESSION_FILE
+    with checks.check("compression_file"):
+        _check_release_file(path, state)
+    with checks.check("get_pretrained") as entry:
+        model = CompressionModel.get_pretrained(str(path), device=settings.device)
+        compare_states(state, model.state_dict(), "CompressionModel.get_pretrained", cast=True)
+        entry["model_class"] = type(model).__name__
+    if level is ValidateLevel.full:
+        with checks.check("encode_decode") as entry:
+            entry.update(_round_trip(model, settings))
+    return report
+
+
+def _check_release_file(path: Path, state: StateDict) -> None:
+    pkg = load_checkpoint(path)
+    if sorted(pkg) != ["best_state", "exported", "version", "xp.cfg"] \
+            or not isinstance(pkg["xp.cfg"], str) or pkg["exported"] is not True:
+        raise ExportError(f"{path.name} does not have the release layout: keys {sorted(pkg)}")
+    compare_states(state, pkg["best_state"], path.name)
+
+
+def _round_trip(model: Any, settings: ValidateConfig) -> dict[str, Any]:
+    torch.manual_seed(settings.seed)
+    samples = int(settings.duration * model.sample_rate)
+    wav = torch.randn(1, model.channels, samples) * 0.1
+    with torch.no_grad():
+        codes, scale = model.encode(wav)
+        frames = codes.shape[-1]
+        if tuple(codes.shape[:2]) != (1, model.num_codebooks) or codes.is_floating_point():
+            raise ExportError(f"encode returned codes of shape {tuple(codes.shape)} and dtype "
+                              f"{codes.dtype}, expected (1, {model.num_codebooks}, frames) ints")
+        if int(codes.min()) < 0 or int(codes.max()) >= model.cardinality:
+            raise ExportError(f"encode returned codes outside [0, {model.cardinality})")
+        decoded = model.decode(codes, scale)
+    if tuple(decoded.shape[:2]) != (1, model.channels) or abs(decoded.shape[-1] - samples) > \
+            samples // frames + 1:
+        raise ExportError(f"decode returned shape {tuple(decoded.shape)} for {samples} samples")
+    if not torch.isfinite(decoded).all():
+        raise ExportError("decode produced non-finite samples")
+    return {"sample_rate": model.sample_rate, "codes": list(codes.shape),
+            "decoded": list(decoded.shape)}
+
+
+def _check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
+    if family.extend_stride is None:
+        return
     segment = float(lm_cfg.dataset.segment_duration)
-    stride = _EXTEND_STRIDE[solver]
-    if segment <= stride:
+    if segment <= family.extend_stride:
         raise ExportError(
-            f"{MODEL_CLASSES[solver]}.get_pretrained rejects this model: it was trained on "
-            f"dataset.segment_duration={segment:g} s, which must be above {stride:g} s (the "
-            "default extend_stride it asserts on); retrain with longer segments or use "
-            "validate=load to skip the get_pretrained check")
+            f"{family.model_class}.get_pretrained rejects this model: it was trained on "
+            f"dataset.segment_duration={segment:g} s, which must be above "
+            f"{family.extend_stride:g} s (the default extend_stride it asserts on); retrain "
+            "with longer segments or use validate=load to skip the get_pretrained check")
 
 
 def _load_pretrained_tokenizer(load: Callable[[], Any], pretrained: Optional[str]) -> Any:
@@ -210,9 +278,12 @@ def _load_pretrained_tokenizer(load: Callable[[], Any], pretrained: Optional[str
 
 
 def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:
-    model.set_generation_params(duration=settings.duration)
+    if type(model).__name__ == "MAGNeT":  # generates its training segment_duration, always
+        model.set_generation_params()
+    else:
+        model.set_generation_params(duration=settings.duration)
     expected = (1, model.audio_channels,
-                int(settings.duration * model.frame_rate) * model.sample_rate // model.frame_rate)
+                int(model.duration * model.frame_rate) * model.sample_rate // model.frame_rate)
     prompts: dict[str, Callable[[], torch.Tensor]] = {
         "unconditional": lambda: model.generate_unconditional(1)}
     if model.lm.condition_provider.text_conditions:
@@ -227,4 +298,4 @@ def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:
         if not torch.isfinite(wav).all():
             raise ExportError(f"{name} generation produced non-finite samples")
         shapes[name] = list(wav.shape)
-    return {"sample_rate": model.sample_rate, "duration": settings.duration, "shapes": shapes}
+    return {"sample_rate": model.sample_rate, "duration": model.duration, "shapes": shapes}

@@ -34,10 +34,10 @@ wait_for() {
     done
 }
 
-# Runs "$@" with stdin/stdout/stderr on /dev/null and log $1, and without any
-# other inherited descriptor: a daemon holding the caller's pipe (our fd 3 is
-# its stdout) would make `$(slurm_local.sh start ...)` or a capturing
-# subprocess.run() wait forever.
+# Starts "$@" in the background (pid in $!) with stdin/stdout/stderr on
+# /dev/null and log $1 and no other inherited descriptor: a daemon holding the
+# caller's pipe (our fd 3 is its stdout) would make `$(slurm_local.sh start)`
+# or a capturing subprocess.run() wait forever.
 spawn() {
     local log=$1 fd; shift
     (
@@ -46,7 +46,7 @@ spawn() {
             ((fd <= 2)) || eval "exec $fd>&-"
         done
         exec "$@"
-    ) </dev/null >>"$log" 2>&1
+    ) </dev/null >>"$log" 2>&1 &
 }
 
 install_packages() {
@@ -173,7 +173,8 @@ start_munge() {
     fi
     spawn "$S/log/munged.log" munged --socket="$MUNGE_SOCK" --key-file="$S/munge-key/munge.key" \
         --pid-file="$S/run/munged.pid" --log-file="$S/log/munged.log" \
-        --seed-file="$S/munge-key/munged.seed" ||
+        --seed-file="$S/munge-key/munged.seed"
+    wait $! ||
         die "munged failed to start (see $S/log/munged.log)"
     wait_for 10 munge -S "$MUNGE_SOCK" -n || die "munged not answering"
 }
@@ -189,7 +190,7 @@ start_mariadb() {
     spawn "$S/log/mariadb.log" setsid mariadbd --no-defaults --user=root --datadir="$S/db" --socket="$S/mysql.sock" \
         --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
         --pid-file="$S/run/mariadbd.pid" --log-error="$S/log/mariadb.log" \
-        --innodb-lock-wait-timeout=900 &
+        --innodb-lock-wait-timeout=900
     wait_for 30 mariadb-admin --no-defaults -S "$S/mysql.sock" -u root ping ||
         die "MariaDB did not come up (see $S/log/mariadb.log)"
     # TCP user for slurmdbd: root@localhost only authenticates via unix socket.
@@ -198,10 +199,11 @@ start_mariadb() {
         die "could not create the slurm database user"
 }
 
-# Runs a slurm daemon (they daemonize themselves) and waits for its pid file.
+# Runs a slurm daemon (it daemonizes itself) and waits for its pid file.
 start_slurm_daemon() {
     local name=$1; shift
-    spawn "$S/log/$name.out" "$@" || die "$name failed to start (see $S/log/$name.log)"
+    spawn "$S/log/$name.out" "$@"
+    wait $! || die "$name failed to start (see $S/log/$name.log)"
     wait_for 15 daemon_pid "$name" || die "$name did not stay up (see $S/log/$name.log)"
 }
 
@@ -245,7 +247,7 @@ do_start() {
 # inits reap only every couple of seconds.
 is_dead() {
     local st
-    { st=$(<"/proc/$1/stat"); } 2>/dev/null || return 0
+    { read -r st <"/proc/$1/stat"; } 2>/dev/null || return 0
     st=${st##*) }
     [[ ${st%% *} == Z ]]
 }
@@ -265,7 +267,7 @@ kill_wait() {
 descendants() {
     local p st kids=()
     for p in /proc/[0-9]*; do
-        { st=$(<"$p/stat"); } 2>/dev/null || continue
+        { read -r st <"$p/stat"; } 2>/dev/null || continue
         st=${st##*) }; st=${st#* }
         [[ ${st%% *} == "$1" ]] && kids+=("${p#/proc/}")
     done

@@ -44,7 +44,7 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
     assert manifest["compression"]["reference"].startswith("//sig/")
     assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]] == [
-        "lm_file", "load_lm_model", "load_compression_model", "get_pretrained", "generate"]
+        "lm_file", "load_compression_model", "load_lm_model", "get_pretrained", "generate"]
     assert manifest["config"]["validate"]["level"] == "full"
     saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
     assert saved.state.select == "auto"
@@ -113,7 +113,7 @@ def test_cfg_job_and_help_are_fast_paths(tmp_path):
     assert cfg.state.select == "fsdp_best" and cfg.input.path == "x.th"
     helped = run_app("--help", cwd=tmp_path, check=True).stdout
     assert "input: checkpoint, demo, xp" in helped
-    assert "state: auto, best, fsdp_best, last" in helped
+    assert "state: auto, average, best, ema, fsdp_best, last" in helped
     assert not list(tmp_path.iterdir())  # neither writes outputs
 
 

@@ -61,7 +61,7 @@ def test_manifest(release, musicgen_ckpt):
     assert set(manifest["files"]) == {"state_dict.bin", "compression_state_dict.bin"}
     assert manifest["versions"]["audiocraft"] == audiocraft.__version__
     checks = {c["check"]: c for c in manifest["validation"]["checks"]}
-    assert list(checks) == ["lm_file", "load_lm_model", "load_compression_model",
+    assert list(checks) == ["lm_file", "load_compression_model", "load_lm_model",
                             "get_pretrained", "generate"]
     assert all(c["ok"] and c["seconds"] >= 0 for c in checks.values())
     assert checks["get_pretrained"]["model_class"] == "MusicGen"

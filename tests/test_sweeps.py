@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -109,17 +110,20 @@ SLURM_SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     """A real single-node SLURM cluster on localhost, stopped after the module."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("the local SLURM cluster needs root and apt-get (Debian packages)")
-    state = tmp_path_factory.mktemp("slurm")
+    # munged wants every folder above its socket traversable by all; pytest's are private
+    state = Path(tempfile.mkdtemp(prefix="acx-slurm-"))
+    state.chmod(0o755)
     proc = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(state)], capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     conf = proc.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
     yield conf
     subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(state)], check=True, timeout=300)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.mark.slurm
@@ -134,5 +138,8 @@ def test_three_xp_sweep_on_a_real_slurm_cluster(slurm_cluster, three_xps, tmp_pa
                    cwd=tmp_path, env=app_env(SLURM_CONF=slurm_cluster), check=True)
     summary = _summary(tmp_path / "sweep")
     _assert_jobs_ok(summary, 3)
-    assert len(list((tmp_path / "sweep" / ".submitit").iterdir())) == 3  # one SLURM job each
+    # one task of a SLURM job array per export, each with its submitit log
+    tasks = sorted(p.name.split("_")[1] for p in (tmp_path / "sweep" / ".submitit").glob("*_*")
+                   if p.is_dir())
+    assert tasks == ["0", "1", "2"]
     assert (tmp_path / "sweep" / "sweep_summary.txt").read_text() in proc.stdout

@@ -1,0 +1,29 @@
+"""Config repairs: equivalent forms of an xp.cfg that stock audiocraft can load.
+
+Only rewrites that leave the model unchanged belong here; each is recorded in the manifest
+and logged. Anything that would change behaviour (e.g. MusicGen's segment_duration assertion)
+is left to validation to report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+logger = logging.getLogger(__name__)
+
+
+def loadable_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
+    """Return ``cfg`` (a repaired copy if needed) and the list of repairs made."""
+    repairs = []
+    if "conditioners" in cfg and cfg.get("conditioners") is None:
+        cfg = OmegaConf.create(cfg)  # a copy: the source config stays as read
+        with open_dict(cfg):
+            cfg.conditioners = {}
+        repairs.append("conditioners: null -> {} (audiocraft's load_lm_model crashes on null: "
+                       "_delete_param tests membership in None; {} builds the same "
+                       "unconditioned model)")
+    for repair in repairs:
+        logger.warning("config repair: %s", repair)
+    return cfg, repairs
