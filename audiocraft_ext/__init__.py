@@ -16,7 +16,8 @@ _EXPORTS = {
     "export_release": "exporter", "ExportResult": "exporter",
     "ExportError": "errors",
     "load_checkpoint": "safe_load", "UnsafeCheckpointError": "safe_load",
-    "StateChoice": "config", "ValidateConfig": "config", "ValidateLevel": "config",
+    "StateChoice": "config", "StateConfig": "config", "ValidateConfig": "config",
+    "ValidateLevel": "config", "OutputDtype": "config",
     "AutoCompression": "config", "PretrainedCompression": "config",
     "CheckpointCompression": "config", "NoCompression": "config",
 }

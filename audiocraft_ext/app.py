@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from .config import CheckpointInput, DemoInput, ExportConfig, InputConfig, XPInput
+from .config import CheckpointInput, DemoInput, ExportConfig, InputConfig, Mode, XPInput
 from .errors import ExportError, first_line
 from .exporter import ExportResult, export_release
-from .release import LM_FILE
+from .release import COMPRESSION_FILE, LM_FILE
 from .sources import CheckpointSource, resolve_checkpoint, resolve_signature
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def run_job(cfg: DictConfig) -> Optional[ExportResult]:
     result = None
     try:
         result = run(cfg)
-        record.update(status="ok", **_result_facts(result))
+        record.update(status="ok", **(_result_facts(result) if result else {}))
     except Exception as exc:
         record.update(status="failed", error=str(exc) if isinstance(exc, ExportError)
                       else f"{type(exc).__name__}: {first_line(exc)}")
@@ -83,9 +83,9 @@ def run_job(cfg: DictConfig) -> Optional[ExportResult]:
 def _result_facts(result: ExportResult) -> dict[str, Any]:
     m = result.manifest
     v = m["validation"]
+    main = m["files"].get(LM_FILE) or m["files"][COMPRESSION_FILE]  # EnCodec-only releases
     return {"source": m["source"]["path"], "release": str(result.release_dir),
-            "state": m["state"]["key"], "bytes": m["files"][LM_FILE]["bytes"],
-            "sha256": m["files"][LM_FILE]["sha256"],
+            "state": m["state"]["key"], "bytes": main["bytes"], "sha256": main["sha256"],
             "validation": f"{v['level']}: ok" if v["checks"] else v["level"]}
 
 
@@ -97,18 +97,24 @@ def rerunnable_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({"defaults": defaults, **values})
 
 
-def run(cfg: DictConfig) -> ExportResult:
-    """Export the checkpoint the composed ``cfg`` designates and log a summary."""
+def run(cfg: DictConfig) -> Optional[ExportResult]:
+    """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates."""
     try:
         spec: ExportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except MissingMandatoryValue as exc:
         raise ExportError(f"{exc.full_key} is required: add {exc.full_key}=... to the command"
                           ) from None
     source = resolve_input(spec.input)
+    if spec.mode is Mode.inspect:
+        from .inspection import format_inspection, inspect_checkpoint
+
+        print(format_inspection(inspect_checkpoint(source, trust=spec.input.trust),
+                                as_json=spec.inspect.json))
+        return None
     out_dir = (Path(spec.output.dir) if spec.output.dir
                else Path(HydraConfig.get().runtime.output_dir) / source.name)
     result = export_release(
-        source, out_dir, state=spec.state.select, compression=spec.compression,
+        source, out_dir, state=spec.state, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
         trust=spec.input.trust, config=OmegaConf.to_container(cfg, resolve=True),
         extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg))})

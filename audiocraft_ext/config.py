@@ -4,7 +4,7 @@ Every YAML option under ``conf/`` extends one of these dataclasses, so a misspel
 value of the wrong type fails at composition time, before any file is read.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
@@ -125,8 +125,20 @@ class ValidateConfig:
     tokenizer: Optional[str] = None
 
 
+class Mode(str, Enum):
+    export = "export"
+    inspect = "inspect"  # print what the checkpoint holds; write nothing
+
+
+@dataclass
+class InspectConfig:
+    json: bool = False  # mode=inspect prints JSON instead of text
+
+
 @dataclass
 class ExportConfig:
+    mode: Mode = Mode.export
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     input: InputConfig = MISSING
     state: StateConfig = MISSING
     compression: CompressionConfig = MISSING

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -82,7 +82,8 @@ def export_release(
         ExportError: with a one-line explanation; nothing is left at ``out_dir``.
     """
     source = checkpoint if isinstance(checkpoint, CheckpointSource) else resolve_checkpoint(checkpoint)
-    spec = state if isinstance(state, StateConfig) else StateConfig(select=StateChoice(state))
+    spec = state if isinstance(state, StateConfig) else StateConfig(select=state)
+    spec = replace(spec, select=StateChoice(spec.select), average_of=StateChoice(spec.average_of))
     dtype = OutputDtype(dtype)
     out_dir = Path(out_dir).expanduser().absolute()
     export_phase: dict[str, Any] = {}

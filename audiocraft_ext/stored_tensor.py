@@ -7,10 +7,14 @@ optimizer and EMA states of a multi-GB checkpoint are never read at all.
 
 from __future__ import annotations
 
+import mmap
+import struct
+import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Iterator, Mapping, Union
 
 import torch
 
@@ -69,6 +73,49 @@ class CheckpointArchive:
                               f"{first_line(exc)}") from None
         return buf
 
+    def record_crc(self, key: str) -> int:
+        """The CRC-32 the archive's directory records for storage ``key``."""
+        return self._zip.getinfo(f"{self.prefix}data/{key}").CRC
+
+    @contextmanager
+    def mapped_storage(self, key: str, nbytes: int) -> Iterator[torch.Tensor]:
+        """Storage ``key`` as a flat uint8 tensor over a read-only map of the file: nothing is
+        copied, and the pages leave this process's memory when the block ends. The bytes are
+        not CRC-checked here: compare :meth:`record_crc` with the CRC of what was written."""
+        record = f"data/{key}"
+        try:
+            info = self._zip.getinfo(self.prefix + record)
+            with open(self.path, "rb") as f:
+                f.seek(info.header_offset)
+                header = f.read(30)
+                if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                    raise ExportError(f"{self.path} is damaged: bad header for record {record!r}")
+                name_len, extra_len = struct.unpack("<HH", header[26:30])
+                start = info.header_offset + 30 + name_len + extra_len
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes \
+                        or start + nbytes > self.path.stat().st_size:
+                    raise ExportError(f"{self.path} is damaged: its record {record!r} is not "
+                                      f"the {nbytes} stored bytes its tensor needs")
+                if nbytes == 0:
+                    yield torch.empty(0, dtype=torch.uint8)
+                    return
+                base = start - start % mmap.ALLOCATIONGRANULARITY
+                view = mmap.mmap(f.fileno(), start + nbytes - base, offset=base,
+                                 access=mmap.ACCESS_READ)
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
+                              f"{first_line(exc)}") from None
+        try:
+            with warnings.catch_warnings():  # read-only on purpose: torch only reads it
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(view, dtype=torch.uint8, count=nbytes, offset=start - base)
+            yield flat
+        finally:
+            del flat
+            view.close()
+
 
 @dataclass(eq=False)
 class StoredStorage:
@@ -84,6 +131,13 @@ class StoredStorage:
     def read(self) -> torch.Tensor:
         """The storage's bytes as a flat uint8 tensor."""
         return self.archive.read_storage(self.key, self.nbytes)
+
+    def mapped(self):  # -> context manager yielding a flat uint8 tensor
+        return self.archive.mapped_storage(self.key, self.nbytes)
+
+    @property
+    def crc(self) -> int:
+        return self.archive.record_crc(self.key)
 
 
 @dataclass(eq=False)

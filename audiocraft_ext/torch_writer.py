@@ -13,10 +13,13 @@ import hashlib
 import io
 import os
 import pickle
+import resource
 import sys
+import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch._utils import _rebuild_tensor_v2
@@ -30,11 +33,22 @@ _WRITES_STORAGES = "StorageBase" in (torch._C.PyTorchFileWriter.write_record.__d
 
 
 class _OutStorage:
-    """A storage to write: where its bytes come from, and its pickled identity."""
+    """A storage to write: its pickled identity, and where its bytes come from: a record of
+    the source archive (``stored``, copied from a map of the file) or a tensor (``read``)."""
 
     def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
-                 read: Callable[[], torch.Tensor]) -> None:
-        self.key, self.dtype, self.numel, self.nbytes, self.read = key, dtype, numel, nbytes, read
+                 stored: Optional[StoredStorage] = None,
+                 read: Optional[Callable[[], torch.Tensor]] = None) -> None:
+        self.key, self.dtype, self.numel, self.nbytes = key, dtype, numel, nbytes
+        self.stored, self.read = stored, read
+
+    @contextmanager
+    def flat(self) -> Iterator[torch.Tensor]:
+        if self.stored is not None:
+            with self.stored.mapped() as flat:
+                yield flat
+        else:
+            yield self.read()
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -43,20 +57,6 @@ def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
         stride.append(step)
         step *= max(size, 1)
     return tuple(reversed(stride))
-
-
-class _HashingWriter:
-    """The file torch's zip writer writes to: hashes what passes, so no second read is needed."""
-
-    def __init__(self, f: Any) -> None:
-        self.f, self.sha256 = f, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self.f.flush()
 
 
 def _storage_type(dtype: torch.dtype) -> Any:
@@ -69,16 +69,16 @@ class _StreamingPickler(pickle.Pickler):
         self.storages: dict[int, _OutStorage] = {}  # keyed by id() of the source storage
 
     def _storage(self, source: Any, dtype: torch.dtype, numel: int, nbytes: int,
-                 read: Callable[[], torch.Tensor]) -> _OutStorage:
+                 **origin: Any) -> _OutStorage:
         if id(source) not in self.storages:
             self.storages[id(source)] = _OutStorage(str(len(self.storages)), dtype, numel,
-                                                    nbytes, read)
+                                                    nbytes, **origin)
         return self.storages[id(source)]
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, StoredTensor):
             src: StoredStorage = obj.storage
-            out = self._storage(src, src.dtype, src.numel, src.nbytes, src.read)
+            out = self._storage(src, src.dtype, src.numel, src.nbytes, stored=src)
             return _rebuild_tensor_v2, (out, obj.offset, obj.size, obj.stride, False,
                                         OrderedDict())
         if isinstance(obj, (torch.Tensor, CastTensor, AverageTensor)):  # as a new storage
@@ -90,7 +90,7 @@ class _StreamingPickler(pickle.Pickler):
             shape = tuple(obj.shape)
             numel = obj.numel()
             out = self._storage(obj, obj.dtype, numel, numel * obj.element_size(),
-                                lambda: read().reshape(-1).view(torch.uint8))
+                                read=lambda: read().reshape(-1).view(torch.uint8))
             return _rebuild_tensor_v2, (out, 0, shape, _contiguous_stride(shape), False,
                                         OrderedDict())
         return NotImplemented
@@ -103,23 +103,26 @@ class _StreamingPickler(pickle.Pickler):
 
 def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) -> str:
     """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
-    fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written."""
+    fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written.
+
+    Records of the source archive are handed to torch's zip writer straight from a map of
+    the file; the CRC the writer computes must then equal the one the source archive
+    recorded, which proves the bytes read were the bytes saved.
+    """
     buf = io.BytesIO()
     pickler = _StreamingPickler(buf)
     pickler.dump(obj)
     data = buf.getvalue()
     try:
-        with open(path, "wb") as f:
-            hashing = _HashingWriter(f)
-            with torch.serialization._open_zipfile_writer(hashing) as zf:
-                zf.write_record("data.pkl", data, len(data))
-                if hasattr(torch.serialization, "_get_storage_alignment"):  # as torch.save does
-                    zf.write_record(".format_version", "1", 1)
-                    alignment = str(torch.serialization._get_storage_alignment())
-                    zf.write_record(".storage_alignment", alignment, len(alignment))
-                zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
-                for out in pickler.storages.values():
-                    flat = out.read()
+        with torch.serialization._open_zipfile_writer(str(path)) as zf:
+            zf.write_record("data.pkl", data, len(data))
+            if hasattr(torch.serialization, "_get_storage_alignment"):  # as torch.save does
+                zf.write_record(".format_version", "1", 1)
+                alignment = str(torch.serialization._get_storage_alignment())
+                zf.write_record(".storage_alignment", alignment, len(alignment))
+            zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
+            for out in pickler.storages.values():
+                with out.flat() as flat:
                     if _WRITES_STORAGES:
                         if flat.storage_offset() or flat.untyped_storage().nbytes() != out.nbytes:
                             flat = flat.clone()  # a view: write its bytes, not its base's
@@ -128,12 +131,35 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
                         record = flat.data_ptr()
                     zf.write_record(f"data/{out.key}", record, out.nbytes)
                     del flat, record
-                    if progress is not None:
-                        progress(out.nbytes)
-            f.flush()
+                if progress is not None:
+                    progress(out.nbytes)
+        _check_copied_crcs(path, pickler.storages.values())
+        with open(path, "rb") as f:
             os.fsync(f.fileno())
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except RuntimeError as exc:  # torch's zip writer reports failed writes this way
-        raise ExportError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
-    return hashing.sha256.hexdigest()
+    except RuntimeError as exc:  # torch's zip writer reports failed writes without errno
+        raise ExportError(f"cannot write {path}: {_why_write_failed(path, exc)}") from None
+
+
+def _why_write_failed(path: Path, exc: RuntimeError) -> str:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = path.stat().st_size if path.exists() else 0
+    if limit != resource.RLIM_INFINITY and size >= limit - (1 << 16):
+        return f"File too large (the file size limit, ulimit -f, is {limit} bytes)"
+    disk = os.statvfs(path.parent)
+    if disk.f_bavail * disk.f_frsize < (64 << 20):
+        return f"No space left on device ({disk.f_bavail * disk.f_frsize} bytes free)"
+    return f"the write stopped short ({str(exc).splitlines()[0]})"
+
+
+def _check_copied_crcs(path: Path, storages: Iterable[_OutStorage]) -> None:
+    with zipfile.ZipFile(path) as written:
+        prefix = written.namelist()[0].split("/", 1)[0]
+        for out in storages:
+            if out.stored is not None and \
+                    written.getinfo(f"{prefix}/data/{out.key}").CRC != out.stored.crc:
+                source = out.stored.archive.path
+                raise ExportError(f"{source} is damaged: its record 'data/{out.stored.key}' "
+                                  "does not match its CRC-32")

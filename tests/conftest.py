@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
@@ -133,3 +134,15 @@ def run_app(*args: str, cwd: Path, check: bool = False, env: dict | None = None,
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "[ERROR]" in line]
+
+
+@pytest.fixture(scope="session")
+def real_xps() -> dict:
+    """XPs written by audiocraft's own training entry point (`dora run` on CPU): an EnCodec
+    XP, MusicGen (with epoch checkpoints), MusicGen with EMA, AudioGen (and its 16 kHz
+    EnCodec) and MAGNeT. Trained once, then cached by scripts/train_fixtures.py."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fixtures.py")],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise AssertionError(f"training the fixture XPs failed:\n{proc.stderr[-4000:]}")
+    return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())

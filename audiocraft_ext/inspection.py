@@ -1,0 +1,96 @@
+"""mode=inspect: what a training checkpoint holds, without exporting anything."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from omegaconf import DictConfig
+
+from .averaging import epoch_checkpoints
+from .config import StateChoice
+from .errors import ExportError
+from .manifest import file_facts, state_facts
+from .safe_load import load_checkpoint
+from .sources import CheckpointSource
+from .states import select_state
+
+_STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
+           "model": StateChoice.last, "ema": StateChoice.ema}
+
+
+def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[str, Any]:
+    """Describe ``source``: solver, XP, history, each state, tokenizer and what auto picks."""
+    pkg = load_checkpoint(source.path, trust=trust)
+    if not isinstance(pkg, dict):
+        raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
+    cfg = pkg.get("xp.cfg")
+    cfg = cfg if isinstance(cfg, DictConfig) else None
+    history = pkg.get("history") if isinstance(pkg.get("history"), list) else []
+    states = {}
+    for key, choice in _STATES.items():
+        if key not in pkg:
+            states[key] = "absent"
+        elif pkg[key] is None or pkg[key] == {}:
+            states[key] = "empty" if pkg[key] == {} else "none"
+        else:
+            try:
+                states[key] = state_facts(select_state(pkg, choice, str(source.path))[1])
+            except ExportError as exc:
+                states[key] = f"unusable: {exc}"
+    try:
+        auto = select_state(pkg, StateChoice.auto, str(source.path))[0]
+    except ExportError as exc:
+        auto = f"nothing ({exc})"
+    xp_dir = source.path.parent
+    return {
+        "checkpoint": file_facts(source.path),
+        "keys": list(pkg),
+        "solver": cfg.get("solver") if cfg is not None else None,
+        "xp_sig": pkg.get("xp.sig"),
+        "epochs": len(history),
+        "last_metrics": _plain(history[-1]) if history else None,
+        "states": states,
+        "state_auto": auto,
+        "compression_model_checkpoint": cfg.get("compression_model_checkpoint")
+        if cfg is not None else None,
+        "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
+        "fsdp_shards": sorted(p.name for p in xp_dir.glob(f"{source.path.name}.*")
+                              if p.suffix[1:].isdigit()),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+
+def format_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(info, indent=2)
+    ckpt = info["checkpoint"]
+    lines = [f"checkpoint   {ckpt['path']} ({ckpt['bytes'] / 2**20:.1f} MiB, {ckpt['mtime']})",
+             f"solver       {info['solver']}    XP {info['xp_sig']}",
+             f"epochs       {info['epochs']}"
+             + (f"; last: {_metrics(info['last_metrics'])}" if info["last_metrics"] else ""),
+             "states"]
+    for key, facts in info["states"].items():
+        if isinstance(facts, dict):
+            dtypes = ", ".join(f"{n} {d}" for d, n in facts["dtypes"].items())
+            facts = (f"{facts['tensors']} tensors, {facts['parameters']:,} parameters, "
+                     f"{facts['bytes'] / 2**20:.1f} MiB ({dtypes})")
+        lines.append(f"  {key:<16} {facts}")
+    lines += [f"state=auto   exports {info['state_auto']}",
+              f"tokenizer    {info['compression_model_checkpoint']}",
+              f"epoch files  {', '.join(info['epoch_checkpoints']) or 'none'}",
+              f"FSDP shards  {', '.join(info['fsdp_shards']) or 'none'}"]
+    return "\n".join(lines)
+
+
+def _metrics(last: Mapping[str, Any]) -> str:
+    return "; ".join(f"{stage} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in metrics.items())
+                     for stage, metrics in last.items() if isinstance(metrics, Mapping))
