@@ -9,6 +9,7 @@
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -23,7 +24,11 @@ warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
 logger = logging.getLogger("export_app")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+# Absolute, so that the `audiocraft-export` console script (which imports this module) finds it.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> Optional[str]:
     from audiocraft_ext.app import run_job  # imports torch: kept out of --help and --cfg
 

@@ -177,32 +177,8 @@ class StoredTensor:
 
 
 @dataclass(eq=False)
-class CastTensor:
-    """A tensor to be cast to ``dtype`` when it is read (``output.dtype``)."""
-
-    source: Union[torch.Tensor, StoredTensor]
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.source.shape
-
-    def numel(self) -> int:
-        return self.source.numel()
-
-    def element_size(self) -> int:
-        return _element_size(self.dtype)
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
-
-    def load(self) -> torch.Tensor:
-        return as_tensor(self.source).to(self.dtype).contiguous()
-
-
-@dataclass(eq=False)
-class AverageTensor:
-    """The mean of same-shaped tensors, computed in float32 when read, cast to ``dtype``."""
+class ComputedTensor:
+    """A tensor computed from same-shaped ``sources`` when it is read, as ``dtype``."""
 
     sources: list  # of TensorLike
     dtype: torch.dtype
@@ -220,6 +196,17 @@ class AverageTensor:
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
+
+class CastTensor(ComputedTensor):
+    """One tensor cast to ``dtype`` (``output.dtype``)."""
+
+    def load(self) -> torch.Tensor:
+        return as_tensor(self.sources[0]).to(self.dtype).contiguous()
+
+
+class AverageTensor(ComputedTensor):
+    """The mean of the sources, computed in float32 and cast to ``dtype`` (state=average)."""
+
     def load(self) -> torch.Tensor:
         total = torch.zeros(self.shape, dtype=torch.float32)
         for source in self.sources:
@@ -231,7 +218,7 @@ TensorLike = Union[torch.Tensor, StoredTensor, CastTensor, AverageTensor]
 
 
 def is_tensor(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, StoredTensor, CastTensor, AverageTensor))
+    return isinstance(value, (torch.Tensor, StoredTensor, ComputedTensor))
 
 
 def as_tensor(value: TensorLike) -> torch.Tensor:
@@ -240,7 +227,7 @@ def as_tensor(value: TensorLike) -> torch.Tensor:
 
 def cast_state(state: Mapping[str, TensorLike], dtype: torch.dtype) -> dict[str, TensorLike]:
     """``state`` with its floating-point tensors cast to ``dtype`` on read; others untouched."""
-    return {k: CastTensor(v, dtype) if v.is_floating_point() and v.dtype != dtype else v
+    return {k: CastTensor([v], dtype) if v.is_floating_point() and v.dtype != dtype else v
             for k, v in state.items()}
 
 

@@ -25,7 +25,7 @@ import torch
 from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
-from .stored_tensor import AverageTensor, CastTensor, StoredStorage, StoredTensor
+from .stored_tensor import StoredStorage, StoredTensor, ComputedTensor
 
 ProgressFn = Callable[[int], None]
 # torch >= 2.x takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
@@ -81,7 +81,7 @@ class _StreamingPickler(pickle.Pickler):
             out = self._storage(src, src.dtype, src.numel, src.nbytes, stored=src)
             return _rebuild_tensor_v2, (out, obj.offset, obj.size, obj.stride, False,
                                         OrderedDict())
-        if isinstance(obj, (torch.Tensor, CastTensor, AverageTensor)):  # as a new storage
+        if isinstance(obj, (torch.Tensor, ComputedTensor)):  # written as a new storage
             if isinstance(obj, torch.Tensor):
                 tensor = obj.detach().cpu().contiguous()
                 read: Callable[[], torch.Tensor] = lambda t=tensor: t  # noqa: E731

@@ -3,8 +3,8 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -129,3 +129,14 @@ def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
         assert (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").exists()
         assert str(release) in proc.stdout.splitlines()
     assert not torch.equal(releases[0]["emb.0.weight"], releases[1]["emb.0.weight"])
+
+
+def test_console_script_runs_the_same_app(musicgen_ckpt, tmp_path):
+    script = Path(sys.executable).parent / "audiocraft-export"
+    proc = subprocess.run([str(script), "input=checkpoint", f"input.path={musicgen_ckpt}",
+                           "validate=none", f"output.dir={tmp_path / 'rel'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "rel")
+    assert (tmp_path / "rel" / "state_dict.bin").exists()
