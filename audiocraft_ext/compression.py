@@ -16,7 +16,7 @@ from .release import lm_package, pointer_package
 from .safe_load import load_checkpoint
 from .sources import (PRETRAINED_PREFIX, SIG_PREFIX, CheckpointSource, default_dora_dir,
                       resolve_checkpoint, resolve_signature)
-from .states import StateDict, select_state
+from .states import StateDict, select_state, xp_config
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ def _from_file(path: Path, ref: str, trust: bool) -> CompressionRelease:
             raise ExportError(f"exported tokenizer {path} lacks {', '.join(missing)}")
         return CompressionRelease(dict(pkg), ref, source=path, state_key="best_state",
                                   state=dict(pkg["best_state"]))
-    cfg = pkg.get("xp.cfg")
-    if not isinstance(cfg, DictConfig):
-        raise ExportError(f"tokenizer checkpoint {path} has no xp.cfg config")
+    cfg = xp_config(pkg, f"tokenizer checkpoint {path}")
     if cfg.get("solver") not in (None, "compression"):
         raise ExportError(f"tokenizer checkpoint {path} comes from solver {cfg.solver!r}, "
                           "not an EnCodec (compression) XP")

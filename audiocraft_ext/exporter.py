@@ -23,7 +23,7 @@ from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save
 from .repairs import loadable_config
 from .safe_load import load_checkpoint
 from .sources import CheckpointSource, resolve_checkpoint
-from .states import StateDict, select_state
+from .states import StateDict, select_state, xp_config
 from .stored_tensor import cast_state
 from .validation import validate_release, validate_tokenizer_release
 
@@ -148,11 +148,7 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     pkg = load_checkpoint(source.path, trust=trust)
     if not isinstance(pkg, dict):
         raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
-    cfg = pkg.get("xp.cfg")
-    if not isinstance(cfg, DictConfig):
-        raise ExportError(f"{source.path} has no xp.cfg config "
-                          f"({'missing' if cfg is None else type(cfg).__name__}): "
-                          "not an AudioCraft solver checkpoint")
+    cfg = xp_config(pkg, str(source.path))
     if spec.select is StateChoice.average:
         members = average_members(source.path.parent, spec.last_k, spec.epochs)
         state, facts = average_state(members, spec.average_of, trust=trust)

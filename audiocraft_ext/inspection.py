@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig
 
@@ -13,7 +13,7 @@ from .errors import ExportError
 from .manifest import file_facts, state_facts
 from .safe_load import load_checkpoint
 from .sources import CheckpointSource
-from .states import select_state
+from .states import select_state, xp_config
 
 _STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
            "model": StateChoice.last, "ema": StateChoice.ema}
@@ -24,8 +24,10 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
     pkg = load_checkpoint(source.path, trust=trust)
     if not isinstance(pkg, dict):
         raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
-    cfg = pkg.get("xp.cfg")
-    cfg = cfg if isinstance(cfg, DictConfig) else None
+    try:
+        cfg: Optional[DictConfig] = xp_config(pkg, str(source.path))
+    except ExportError:
+        cfg = None  # described as such: inspection reports what is there
     history = pkg.get("history") if isinstance(pkg.get("history"), list) else []
     states = {}
     for key, choice in _STATES.items():

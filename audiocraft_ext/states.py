@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from omegaconf import DictConfig, OmegaConf
+
 from .config import StateChoice
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .stored_tensor import TensorLike, is_tensor
 
 StateDict = dict[str, TensorLike]
@@ -22,6 +24,20 @@ def _model_state(pkg: Mapping[str, Any], key: str) -> StateDict | None:
     if key != "model" and isinstance(value, Mapping):
         value = value.get("model")
     return dict(value) if isinstance(value, Mapping) and value else None
+
+
+def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
+    """The checkpoint's ``xp.cfg``, checked to be a whole, readable config."""
+    cfg = pkg.get("xp.cfg")
+    if not isinstance(cfg, DictConfig):
+        raise ExportError(f"{source} has no xp.cfg config "
+                          f"({'missing' if cfg is None else type(cfg).__name__}): "
+                          "not an AudioCraft solver checkpoint")
+    try:  # a damaged pickle can rebuild a DictConfig that fails only when it is read
+        OmegaConf.to_yaml(cfg)
+    except Exception as exc:
+        raise ExportError(f"{source}: its xp.cfg is damaged ({first_line(exc)})") from None
+    return cfg
 
 
 def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str = "checkpoint",
