@@ -25,10 +25,10 @@ import torch
 from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
-from .stored_tensor import StoredStorage, StoredTensor, ComputedTensor
+from .stored_tensor import ComputedTensor, StoredStorage, StoredTensor
 
 ProgressFn = Callable[[int], None]
-# torch >= 2.x takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
+# Recent torch takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
 _WRITES_STORAGES = "StorageBase" in (torch._C.PyTorchFileWriter.write_record.__doc__ or "")
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 import re
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -24,6 +24,7 @@ from .states import StateDict
 from .stored_tensor import TensorLike, as_tensor
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -88,7 +89,8 @@ class _Checks:
             entry["error"] = str(exc)
             raise
         except Exception as exc:  # audiocraft's own failures: one line, with the check's name
-            entry["error"] = _state_dict_mismatch(str(exc)) or f"{type(exc).__name__}: {first_line(exc)}"
+            entry["error"] = (_state_dict_mismatch(str(exc))
+                              or f"{type(exc).__name__}: {first_line(exc)}")
             raise ExportError(f"validation '{name}' failed: {entry['error']}") from exc
         finally:
             entry["seconds"] = round(time.perf_counter() - start, 3)
