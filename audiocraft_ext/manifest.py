@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from collections import Counter
 from datetime import datetime, timezone
@@ -19,14 +18,6 @@ def file_facts(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"path": str(path), "bytes": stat.st_size,
             "mtime": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_facts(state: Mapping[str, TensorLike]) -> dict[str, Any]:

@@ -231,10 +231,5 @@ def cast_state(state: Mapping[str, TensorLike], dtype: torch.dtype) -> dict[str,
             for k, v in state.items()}
 
 
-def load_state(state: Mapping[str, TensorLike]) -> dict[str, torch.Tensor]:
-    """Read every tensor of a state dict into memory."""
-    return {k: as_tensor(v) for k, v in state.items()}
-
-
 def _element_size(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -100,6 +101,11 @@ def no_best_ckpt(derived_ckpt) -> Path:
         pkg["best_state"] = {}
         pkg["fsdp_best_state"] = {}
     return derived_ckpt("nobest", edit)
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def member_span(path: Path, member: str) -> tuple[int, int]:

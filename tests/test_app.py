@@ -12,8 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from audiocraft_ext.app import run
 from audiocraft_ext.config import register_configs
-from audiocraft_ext.manifest import sha256_of
-from conftest import ROOT, error_lines, run_app
+from conftest import ROOT, error_lines, run_app, sha256_of
 
 register_configs()
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from audiocraft_ext.manifest import sha256_of
 from audiocraft_ext.safe_load import load_checkpoint
-from conftest import app_command, app_env, error_lines, member_span, run_app, torch_load
+from conftest import (app_command, app_env, error_lines, member_span, run_app, sha256_of,
+                      torch_load)
 
 
 def _rejected(tmp_path: Path, *overrides: str, message: str, **kwargs) -> None:

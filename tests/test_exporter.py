@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 
 from audiocraft_ext import (CheckpointCompression, ExportError, NoCompression,
                             PretrainedCompression, ValidateConfig, export_release)
-from audiocraft_ext.manifest import sha256_of
-from conftest import torch_load
+from conftest import sha256_of, torch_load
 
 LOAD = ValidateConfig(level="load")
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiocraft_ext.manifest import sha256_of
-from conftest import ROOT, run_app
+from conftest import ROOT, run_app, sha256_of
 
 
 def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
