@@ -8,8 +8,7 @@ from typing import Any, Optional, Sequence
 
 from .config import StateChoice
 from .errors import ExportError
-from .safe_load import load_checkpoint
-from .states import StateDict, select_state
+from .states import StateDict, load_solver_checkpoint, select_state
 from .stored_tensor import AverageTensor
 
 _EPOCH_FILE = re.compile(r"^checkpoint_(\d+)\.th$")
@@ -50,9 +49,7 @@ def average_state(members: Sequence[Path], of: StateChoice, trust: bool = False,
     facts for the manifest."""
     states, facts = [], []
     for path in members:
-        pkg = load_checkpoint(path, trust=trust)
-        if not isinstance(pkg, dict):
-            raise ExportError(f"{path} holds a {type(pkg).__name__}, not a solver checkpoint")
+        pkg = load_solver_checkpoint(path, trust=trust)
         key, state = select_state(pkg, of, source=str(path))
         states.append(state)
         facts.append({"path": str(path), "key": key})

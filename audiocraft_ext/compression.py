@@ -13,10 +13,9 @@ from .config import (AutoCompression, CheckpointCompression, CompressionConfig,
                      NoCompression, PretrainedCompression, StateChoice)
 from .errors import ExportError
 from .release import lm_package, pointer_package
-from .safe_load import load_checkpoint
 from .sources import (PRETRAINED_PREFIX, SIG_PREFIX, CheckpointSource, default_dora_dir,
                       resolve_checkpoint, resolve_signature)
-from .states import StateDict, select_state, xp_config
+from .states import StateDict, load_solver_checkpoint, select_state, xp_config
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +82,7 @@ def _from_reference(ref: str, lm_source: CheckpointSource, trust: bool) -> Compr
 
 
 def _from_file(path: Path, ref: str, trust: bool) -> CompressionRelease:
-    pkg = load_checkpoint(path, trust=trust)
-    if not isinstance(pkg, dict):
-        raise ExportError(f"tokenizer file {path} holds a {type(pkg).__name__}, not a checkpoint")
+    pkg = load_solver_checkpoint(path, trust=trust)
     if pkg.get("exported"):  # already a release file: ship it as it is
         if "pretrained" in pkg:
             return CompressionRelease(pointer_package(pkg["pretrained"]), ref, source=path)

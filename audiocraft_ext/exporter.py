@@ -14,16 +14,14 @@ from .averaging import average_members, average_state
 from .compression import CompressionRelease, resolve_compression
 from .config import (AutoCompression, CheckpointCompression, CompressionConfig, OutputDtype,
                      StateChoice, StateConfig, ValidateConfig)
-from .errors import ExportError
 from .manifest import file_facts, state_facts, versions
 from .measure import phase
 from .progress import byte_progress
 from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save_package,
                       staged_release, write_json, write_text)
 from .repairs import loadable_config
-from .safe_load import load_checkpoint
 from .sources import CheckpointSource, resolve_checkpoint
-from .states import StateDict, select_state, xp_config
+from .states import StateDict, load_solver_checkpoint, select_state, xp_config
 from .stored_tensor import cast_state
 from .validation import validate_release, validate_tokenizer_release
 
@@ -145,9 +143,7 @@ def export_release(
 
 def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Selected:
     """The config and the selected state (still on disk) of the checkpoint."""
-    pkg = load_checkpoint(source.path, trust=trust)
-    if not isinstance(pkg, dict):
-        raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
+    pkg = load_solver_checkpoint(source.path, trust=trust)
     cfg = xp_config(pkg, str(source.path))
     if spec.select is StateChoice.average:
         members = average_members(source.path.parent, spec.last_k, spec.epochs)

@@ -11,9 +11,8 @@ from .averaging import epoch_checkpoints
 from .config import StateChoice
 from .errors import ExportError
 from .manifest import file_facts, state_facts
-from .safe_load import load_checkpoint
 from .sources import CheckpointSource
-from .states import select_state, xp_config
+from .states import load_solver_checkpoint, select_state, xp_config
 
 _STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
            "model": StateChoice.last, "ema": StateChoice.ema}
@@ -21,9 +20,7 @@ _STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.b
 
 def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[str, Any]:
     """Describe ``source``: solver, XP, history, each state, tokenizer and what auto picks."""
-    pkg = load_checkpoint(source.path, trust=trust)
-    if not isinstance(pkg, dict):
-        raise ExportError(f"{source.path} holds a {type(pkg).__name__}, not a solver checkpoint")
+    pkg = load_solver_checkpoint(source.path, trust=trust)
     try:
         cfg: Optional[DictConfig] = xp_config(pkg, str(source.path))
     except ExportError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import StateChoice
 from .errors import ExportError, first_line
+from .safe_load import load_checkpoint
 from .stored_tensor import TensorLike, is_tensor
 
 StateDict = dict[str, TensorLike]
@@ -24,6 +26,14 @@ def _model_state(pkg: Mapping[str, Any], key: str) -> StateDict | None:
     if key != "model" and isinstance(value, Mapping):
         value = value.get("model")
     return dict(value) if isinstance(value, Mapping) and value else None
+
+
+def load_solver_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
+    """A checkpoint that must be a solver's key/value dict (tensors left on disk)."""
+    pkg = load_checkpoint(path, trust=trust)
+    if not isinstance(pkg, dict):
+        raise ExportError(f"{path} holds a {type(pkg).__name__}, not a solver checkpoint")
+    return pkg
 
 
 def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:

@@ -40,19 +40,28 @@ class CheckpointArchive:
                 and self.read_bytes("byteorder") != b"little":
             raise ExportError(f"{path} was saved on a big-endian machine; not supported")
 
-    def read_bytes(self, record: str) -> bytes:
-        """A whole record, CRC-checked."""
+    @contextmanager
+    def _reading(self, record: str) -> Iterator[None]:
+        """Turn any failure to read ``record`` (bad CRC, damaged header, unknown compression,
+        ...) into one ExportError naming it."""
         try:
-            return self._zip.read(self.prefix + record)
-        except Exception as exc:  # bad CRC, damaged header, unknown compression, ...
+            yield
+        except ExportError:
+            raise
+        except Exception as exc:
             raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
                               f"{first_line(exc)}") from None
+
+    def read_bytes(self, record: str) -> bytes:
+        """A whole record, CRC-checked."""
+        with self._reading(record):
+            return self._zip.read(self.prefix + record)
 
     def read_storage(self, key: str, nbytes: int) -> torch.Tensor:
         """Storage ``key`` as a flat uint8 tensor, read straight into tensor memory."""
         buf = torch.empty(nbytes, dtype=torch.uint8)
         record = f"data/{key}"
-        try:
+        with self._reading(record):
             info = self._zip.getinfo(self.prefix + record)
             if info.file_size != nbytes:
                 raise ExportError(f"{self.path} is damaged: its record {record!r} holds "
@@ -66,16 +75,28 @@ class CheckpointArchive:
                         raise EOFError("record ends early")
                     done += n
                 f.read(1)  # reaching the end is what makes zipfile verify the CRC
-        except ExportError:
-            raise
-        except Exception as exc:  # bad CRC, damaged header, unknown compression, ...
-            raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
-                              f"{first_line(exc)}") from None
         return buf
 
     def record_crc(self, key: str) -> int:
         """The CRC-32 the archive's directory records for storage ``key``."""
         return self._zip.getinfo(f"{self.prefix}data/{key}").CRC
+
+    def _data_offset(self, record: str, nbytes: int) -> int:
+        """Where the ``nbytes`` stored bytes of ``record`` start in the file."""
+        with self._reading(record):
+            info = self._zip.getinfo(self.prefix + record)
+            with open(self.path, "rb") as f:
+                f.seek(info.header_offset)
+                header = f.read(30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                raise ExportError(f"{self.path} is damaged: bad header for record {record!r}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes \
+                    or start + nbytes > self.path.stat().st_size:
+                raise ExportError(f"{self.path} is damaged: its record {record!r} is not "
+                                  f"the {nbytes} stored bytes its tensor needs")
+        return start
 
     @contextmanager
     def mapped_storage(self, key: str, nbytes: int) -> Iterator[torch.Tensor]:
@@ -83,38 +104,25 @@ class CheckpointArchive:
         copied, and the pages leave this process's memory when the block ends. The bytes are
         not CRC-checked here: compare :meth:`record_crc` with the CRC of what was written."""
         record = f"data/{key}"
-        try:
-            info = self._zip.getinfo(self.prefix + record)
-            with open(self.path, "rb") as f:
-                f.seek(info.header_offset)
-                header = f.read(30)
-                if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                    raise ExportError(f"{self.path} is damaged: bad header for record {record!r}")
-                name_len, extra_len = struct.unpack("<HH", header[26:30])
-                start = info.header_offset + 30 + name_len + extra_len
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes \
-                        or start + nbytes > self.path.stat().st_size:
-                    raise ExportError(f"{self.path} is damaged: its record {record!r} is not "
-                                      f"the {nbytes} stored bytes its tensor needs")
-                if nbytes == 0:
-                    yield torch.empty(0, dtype=torch.uint8)
-                    return
-                base = start - start % mmap.ALLOCATIONGRANULARITY
-                view = mmap.mmap(f.fileno(), start + nbytes - base, offset=base,
-                                 access=mmap.ACCESS_READ)
-        except ExportError:
-            raise
-        except Exception as exc:
-            raise ExportError(f"{self.path} is damaged: cannot read its record {record!r}: "
-                              f"{first_line(exc)}") from None
+        start = self._data_offset(record, nbytes)
+        if nbytes == 0:
+            yield torch.empty(0, dtype=torch.uint8)
+            return
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as f, self._reading(record):
+            view = mmap.mmap(f.fileno(), start + nbytes - base, offset=base,
+                             access=mmap.ACCESS_READ)
         try:
             with warnings.catch_warnings():  # read-only on purpose: torch only reads it
                 warnings.simplefilter("ignore", UserWarning)
                 flat = torch.frombuffer(view, dtype=torch.uint8, count=nbytes, offset=start - base)
             yield flat
+            del flat  # the map can only close once no tensor refers to it
         finally:
-            del flat
-            view.close()
+            try:
+                view.close()
+            except BufferError:  # the caller failed while holding the tensor: GC closes it
+                pass
 
 
 @dataclass(eq=False)
