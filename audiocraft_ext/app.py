@@ -16,7 +16,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from .config import CheckpointInput, DemoInput, ExportConfig, InputConfig, Mode, XPInput
 from .errors import ExportError, first_line
 from .exporter import ExportResult, export_release
-from .release import COMPRESSION_FILE, LM_FILE
+from .release import COMPRESSION_FILE, CONFIG_FILE, LM_FILE
 from .sources import CheckpointSource, resolve_checkpoint, resolve_signature
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ def resolve_input(spec: InputConfig) -> CheckpointSource:
 
 
 JOB_RECORD = "export_result.json"  # per job, in its Hydra output dir; read by SweepSummary
-CONFIG_FILE = "export_config.yaml"  # in each release: re-run with --config-dir/--config-name
 
 # the config groups of conf/export.yaml, in their defaults-list order
 GROUPS = ("input", "state", "compression", "output", "validate")

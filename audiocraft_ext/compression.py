@@ -11,11 +11,12 @@ from omegaconf import DictConfig
 
 from .config import (AutoCompression, CheckpointCompression, CompressionConfig,
                      NoCompression, PretrainedCompression, StateChoice)
-from .errors import ExportError
+from .errors import ExportError, shown
 from .release import lm_package, pointer_package
 from .sources import (PRETRAINED_PREFIX, SIG_PREFIX, CheckpointSource, default_dora_dir,
                       resolve_checkpoint, resolve_signature)
-from .states import StateDict, load_solver_checkpoint, select_state, xp_config
+from .states import StateDict, checked_state, load_solver_checkpoint, select_state
+from .xp_config import needed_value, xp_config
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def resolve_compression(spec: CompressionConfig, lm_cfg: DictConfig, lm_source: 
     if isinstance(spec, CheckpointCompression):
         ref = spec.path
     elif isinstance(spec, AutoCompression):
-        ref = lm_cfg.get("compression_model_checkpoint")
+        ref = needed_value(lm_cfg, "compression_model_checkpoint", str(lm_source.path))
         if not ref or not isinstance(ref, str):
             raise ExportError(
                 f"{lm_source.path}: xp.cfg has no compression_model_checkpoint; choose "
@@ -83,17 +84,30 @@ def _from_reference(ref: str, lm_source: CheckpointSource, trust: bool) -> Compr
 
 def _from_file(path: Path, ref: str, trust: bool) -> CompressionRelease:
     pkg = load_solver_checkpoint(path, trust=trust)
-    if pkg.get("exported"):  # already a release file: ship it as it is
-        if "pretrained" in pkg:
-            return CompressionRelease(pointer_package(pkg["pretrained"]), ref, source=path)
-        missing = [k for k in ("best_state", "xp.cfg", "version") if k not in pkg]
-        if missing:
-            raise ExportError(f"exported tokenizer {path} lacks {', '.join(missing)}")
-        return CompressionRelease(dict(pkg), ref, source=path, state_key="best_state",
-                                  state=dict(pkg["best_state"]))
-    cfg = xp_config(pkg, f"tokenizer checkpoint {path}")
-    if cfg.get("solver") not in (None, "compression"):
-        raise ExportError(f"tokenizer checkpoint {path} comes from solver {cfg.solver!r}, "
-                          "not an EnCodec (compression) XP")
-    key, state = select_state(pkg, StateChoice.auto, source=f"tokenizer checkpoint {path}")
+    if pkg.get("exported") is True:  # already a release file: ship what it holds
+        return _from_release_file(pkg, path, ref)
+    source = f"tokenizer checkpoint {path}"
+    cfg = xp_config(pkg, source)
+    solver = needed_value(cfg, "solver", source)
+    if solver not in (None, "compression"):
+        raise ExportError(f"{source} comes from solver {shown(solver)}, not an EnCodec "
+                          "(compression) XP")
+    key, state = select_state(pkg, StateChoice.auto, source=source)
     return CompressionRelease(lm_package(state, cfg), ref, source=path, state_key=key, state=state)
+
+
+def _from_release_file(pkg: dict[str, Any], path: Path, ref: str) -> CompressionRelease:
+    """An exported compression_state_dict.bin, rebuilt from its four known entries only, so
+    that nothing else the file holds reaches the release."""
+    pretrained = pkg.get("pretrained")
+    if pretrained is not None:
+        if type(pretrained) is not str:
+            raise ExportError(f"exported tokenizer {path}: its 'pretrained' entry is not a name")
+        return CompressionRelease(pointer_package(pretrained), ref, source=path)
+    state, cfg_yaml, version = pkg.get("best_state"), pkg.get("xp.cfg"), pkg.get("version")
+    if not isinstance(state, dict) or type(cfg_yaml) is not str or type(version) is not str:
+        raise ExportError(f"exported tokenizer {path} lacks the release layout (best_state, "
+                          "xp.cfg as YAML text, version)")
+    state = checked_state(dict(state), "best_state", f"exported tokenizer {path}")
+    package = {"best_state": state, "xp.cfg": cfg_yaml, "version": version, "exported": True}
+    return CompressionRelease(package, ref, source=path, state_key="best_state", state=state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -15,13 +16,16 @@ from .compression import CompressionRelease, resolve_compression
 from .config import (AutoCompression, CheckpointCompression, CompressionConfig, OutputDtype,
                      StateChoice, StateConfig, ValidateConfig)
 from .manifest import file_facts, state_facts, versions
+from .errors import shown
 from .measure import phase
 from .progress import byte_progress
-from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, lm_package, save_package,
-                      staged_release, write_json, write_text)
+from .publish import staged_release
+from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, RELEASE_FILES, lm_package,
+                      save_package, write_json, write_text)
 from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
-from .states import StateDict, load_solver_checkpoint, select_state, xp_config
+from .states import StateDict, load_solver_checkpoint, select_state
+from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 from .stored_tensor import cast_state
 from .validation import validate_release, validate_tokenizer_release
 
@@ -83,13 +87,17 @@ def export_release(
     spec = state if isinstance(state, StateConfig) else StateConfig(select=state)
     spec = replace(spec, select=StateChoice(spec.select), average_of=StateChoice(spec.average_of))
     dtype = OutputDtype(dtype)
-    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # ".." resolved, links kept
     export_phase: dict[str, Any] = {}
     validation_phase: dict[str, Any] = {}
-    with staged_release(out_dir, overwrite) as staging:
+    unknown = sorted(set(extra_files or {}) - RELEASE_FILES)
+    if unknown:
+        raise ValueError(f"extra_files: {unknown[0]!r} is not a release file")
+    protected = [source.path.parent, *([source.dora_dir] if source.dora_dir else [])]
+    with staged_release(out_dir, overwrite, protected) as staging:
         with phase(export_phase):
             sel = _select(source, spec, trust)
-            solver = sel.cfg.get("solver")
+            solver = needed_value(sel.cfg, "solver", str(source.path))
             weights = sel.state if dtype is OutputDtype.keep else cast_state(
                 sel.state, getattr(torch, dtype.value))
             tokenizer_only = solver == TOKENIZER_SOLVER
@@ -119,7 +127,7 @@ def export_release(
             "versions": versions(),
             "config": dict(config) if config is not None else None,
         }
-        with phase(validation_phase):
+        with phase(validation_phase), no_resolvers():
             if tokenizer_only:
                 manifest["validation"] = validate_tokenizer_release(staging, weights, validate)
             else:
@@ -153,7 +161,7 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
         key, state = select_state(pkg, spec.select, source=str(source.path))
         selected = _Selected(cfg, key, state, pkg.get("xp.sig"))
     logger.info("exporting %s of %s (solver %s): %d tensors", selected.key, source.path,
-                cfg.get("solver"), len(selected.state))
+                shown(raw_value(cfg, "solver")), len(selected.state))
     return selected
 
 

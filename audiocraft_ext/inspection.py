@@ -12,7 +12,8 @@ from .config import StateChoice
 from .errors import ExportError
 from .manifest import file_facts, state_facts
 from .sources import CheckpointSource
-from .states import load_solver_checkpoint, select_state, xp_config
+from .states import load_solver_checkpoint, select_state
+from .xp_config import raw_value, xp_config
 
 _STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
            "model": StateChoice.last, "ema": StateChoice.ema}
@@ -45,13 +46,13 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
     return {
         "checkpoint": file_facts(source.path),
         "keys": list(pkg),
-        "solver": cfg.get("solver") if cfg is not None else None,
+        "solver": raw_value(cfg, "solver") if cfg is not None else None,
         "xp_sig": pkg.get("xp.sig"),
         "epochs": len(history),
         "last_metrics": _plain(history[-1]) if history else None,
         "states": states,
         "state_auto": auto,
-        "compression_model_checkpoint": cfg.get("compression_model_checkpoint")
+        "compression_model_checkpoint": raw_value(cfg, "compression_model_checkpoint")
         if cfg is not None else None,
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
         "fsdp_shards": sorted(p.name for p in xp_dir.glob(f"{source.path.name}.*")

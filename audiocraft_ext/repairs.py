@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
+
+from .xp_config import raw_value
 
 logger = logging.getLogger(__name__)
 
@@ -17,10 +19,12 @@ logger = logging.getLogger(__name__)
 def loadable_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     """Return ``cfg`` (a repaired copy if needed) and the list of repairs made."""
     repairs = []
-    if "conditioners" in cfg and cfg.get("conditioners") is None:
-        cfg = OmegaConf.create(cfg)  # a copy: the source config stays as read
-        with open_dict(cfg):
-            cfg.conditioners = {}
+    if cfg._get_node("conditioners", throw_on_missing_key=False) is not None \
+            and raw_value(cfg, "conditioners") is None:
+        # a copy without the source's flags (struct, read-only): the source stays as read
+        content = OmegaConf.to_container(cfg, resolve=False)
+        content["conditioners"] = {}
+        cfg = OmegaConf.create(content)
         repairs.append("conditioners: null -> {} (audiocraft's load_lm_model crashes on null: "
                        "_delete_param tests membership in None; {} builds the same "
                        "unconditioned model)")

@@ -2,155 +2,118 @@
 
 A checkpoint is a pickle, and a pickle can call any importable function. Instead of torch's
 ``weights_only`` allow-list (which rejects Dora-composed configs on torch >= 2.6 and cannot be
-extended on torch 2.1), checkpoints are read with a restricted ``Unpickler`` whose
-``find_class`` only resolves the globals that AudioCraft, flashy and Dora checkpoints contain,
-and refuses anything else before it runs. Tensors of zip checkpoints come back as
-:class:`StoredTensor` (read on demand); legacy (pre-1.6) files go through ``torch.load`` with
-the same unpickler and come back as tensors.
+extended on torch 2.1), checkpoints are read with a restricted ``Unpickler`` whose globals
+resolve through :mod:`.allowlist` (each admitted callable checks its arguments), after a scan
+of the pickle's opcodes bounds its nesting (the C unpickler hashes a 300,000-deep tuple by
+recursion, and dies). Tensors come back as :class:`StoredTensor` (read on demand).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import io
 import logging
+import os
 import pickle
-import types
+import pickletools
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .allowlist import BadArguments, RefusedGlobal, resolve_global, storage_from_id
+from .archive import CheckpointArchive
 from .errors import ExportError, first_line
-from .stored_tensor import CheckpointArchive, StoredStorage, StoredTensor
+from .stored_tensor import StoredStorage, element_size
 
 logger = logging.getLogger(__name__)
 
-# (module, name) pairs a checkpoint may reference.
-# Names are checked after Python 2 names are mapped to Python 3 ones, as pickle itself does.
-ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    # not bytes/bytearray: bytes(n) would allocate whatever a corrupt file asks for
-    [("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float",
-                                     "bool", "str")]
-    + [
-        ("_codecs", "encode"),  # how protocol-2 pickles spell a bytes literal
-        ("collections", "OrderedDict"),
-        ("collections", "defaultdict"),
-        ("typing", "Any"),
-        ("torch", "Size"),
-        ("torch", "device"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "dtype"),
-        ("omegaconf.dictconfig", "DictConfig"),
-        ("omegaconf.listconfig", "ListConfig"),
-        ("omegaconf.base", "ContainerMetadata"),
-        ("omegaconf.base", "Metadata"),
-    ]
-    + [("omegaconf.nodes", name) for name in (
-        "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode",
-        "PathNode", "InterpolationResultNode")]
-    + [("numpy.dtypes", name) for name in (
-        "Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")]
-)
-_TORCH_DTYPES = frozenset(name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype))
-# The C implementations of os functions pickle under their platform module's name.
-_DISPLAY_MODULE = {"posix": "os", "nt": "os"}
+# Real checkpoints nest a few dozen levels (configs of configs, optimizer states); Python-level
+# code that walks a loaded object (OmegaConf, repr, our own) recurses once per level.
+MAX_NESTING = 200
+# how torch's legacy format starts: its magic number, pickled
+_TORCH_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
 
 
 class UnsafeCheckpointError(ExportError):
-    """The checkpoint references a global outside the allow-list."""
+    """The checkpoint references a global outside the allow-list, or calls one with
+    arguments no real checkpoint uses."""
 
 
-def _python3_name(module: str, name: str) -> tuple[str, str]:
-    """Protocol-2 pickles (torch.save's) use Python 2 names: __builtin__.long, commands.Popen."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+class _Unpickler(pickle.Unpickler):
+    """Reads ``data.pkl`` of a zip checkpoint: globals through the allow-list (everything,
+    with ``trust``), storages as references to the archive's records."""
 
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    def __init__(self, module: str, name: str) -> None:
-        self.qualname = f"{_DISPLAY_MODULE.get(module, module)}.{name}"
-        super().__init__(self.qualname)
-
-
-def _lazy_rebuild_tensor(storage: StoredStorage, offset: int, size: tuple, stride: tuple,
-                         *_: Any) -> StoredTensor:
-    return StoredTensor(storage, offset, tuple(size), tuple(stride))
-
-
-def _lazy_rebuild_parameter(data: StoredTensor, *_: Any) -> StoredTensor:
-    return data
-
-
-def _lazy_rebuild_from_type(func: Any, new_type: Any, args: tuple, state: Any) -> Any:
-    # Tensor subclasses (nn.Parameter) reduce to this; the plain tensor is all a release needs.
-    return func(*args)
-
-
-# How the tensor-rebuilding functions torch pickles resolve when reading lazily.
-_LAZY_REBUILDS = {
-    ("torch._utils", "_rebuild_tensor"): _lazy_rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _lazy_rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _lazy_rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _lazy_rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _lazy_rebuild_from_type,
-    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,  # only ever passed as new_type
-    ("torch", "Tensor"): torch.Tensor,
-}
-
-
-_EAGER_REBUILDS = frozenset(_LAZY_REBUILDS)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only :data:`ALLOWED_GLOBALS`, torch dtypes and the tensor rebuild functions;
-    refuses anything else without running it. With ``trust``, resolves everything."""
-
-    trust = False
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = _python3_name(module, name)
-        if key in ALLOWED_GLOBALS or key in _EAGER_REBUILDS \
-                or (key[0] == "torch" and key[1] in _TORCH_DTYPES) or self.trust:
-            return super().find_class(module, name)
-        raise _RefusedGlobal(*key)
-
-
-class _LazyUnpickler(RestrictedUnpickler):
-    """Reads ``data.pkl`` of a zip checkpoint, turning storages into on-disk references."""
-
-    def __init__(self, file: Any, archive: CheckpointArchive, trust: bool) -> None:
-        super().__init__(file, encoding="utf-8")
+    def __init__(self, data: bytes, archive: CheckpointArchive, trust: bool) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
         self.archive = archive
         self.trust = trust
         self._storages: dict[str, StoredStorage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _LAZY_REBUILDS:
-            return _LAZY_REBUILDS[(module, name)]
-        if module == "torch" and name.endswith("Storage"):
-            return _storage_dtype(name)
-        return super().find_class(module, name)
+        try:
+            return resolve_global(module, name)
+        except RefusedGlobal:
+            if self.trust:
+                return super().find_class(module, name)
+            raise
 
     def persistent_load(self, saved_id: Any) -> StoredStorage:
-        if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {saved_id!r}")
-        _, dtype, key, _location, numel = saved_id
-        if key not in self._storages:
-            self._storages[key] = StoredStorage(self.archive, str(key), dtype, int(numel))
-        return self._storages[key]
+        return storage_from_id(saved_id, self._storages, self._storage)
+
+    def _storage(self, key: str, dtype: torch.dtype, numel: int) -> StoredStorage:
+        size = self.archive.record_size(f"data/{key}")
+        nbytes = numel * element_size(dtype)
+        if size != nbytes:
+            raise BadArguments(f"storage {key!r} of {nbytes} bytes has "
+                               + ("no record" if size is None else f"a record of {size} bytes"))
+        return StoredStorage(self.archive, key, dtype, numel)
 
 
-def _storage_dtype(name: str) -> torch.dtype:
-    if name == "UntypedStorage":
-        return torch.uint8
-    try:
-        return torch.serialization.StorageType(name).dtype
-    except (KeyError, AttributeError):
-        raise pickle.UnpicklingError(f"unknown storage type torch.{name}") from None
+def check_nesting(data: bytes, limit: int = MAX_NESTING) -> None:
+    """Raise ``pickle.UnpicklingError`` if the pickle builds objects nested deeper than
+    ``limit``, before anything is built.
+
+    Simulates the unpickler's stack with each item's nesting depth. Exact for tuples and
+    frozensets (immutable: the ones C code hashes by recursion); containers filled later
+    through the memo count the depth they had when stored, which bounds what Python code
+    walking them recurses into no worse than their own pickle did.
+    """
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[Any, int] = {}
+    for op, arg, _ in pickletools.genops(data):
+        before = op.stack_before
+        if op.name == "MARK":
+            marks.append(len(stack))
+            continue
+        if pickletools.markobject in before:
+            start = marks.pop() if marks else 0
+            items = stack[start:] or [0]
+            del stack[start:]
+            below = [stack.pop() for _ in range(before.index(pickletools.markobject))]
+            depth = 1 + max(items)
+            stack.append(max(below[0], depth) if below else depth)
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = stack[-1] if stack else 0
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else 0
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(memo.get(arg, 0))
+        elif op.name == "DUP":
+            stack.append(stack[-1] if stack else 0)
+        else:
+            popped = [stack.pop() if stack else 0 for _ in before]
+            if op.name in ("APPEND", "SETITEM", "BUILD"):  # container stays, one level up
+                depth = max(popped[-1], 1 + max(popped[:-1]))
+            elif op.name.startswith(("TUPLE", "EMPTY_")):
+                depth = 1 + max(popped, default=0)
+            else:  # REDUCE, NEWOBJ, BINPERSID...: the result holds what it was given
+                depth = max(popped, default=0)
+            stack.extend(depth for _ in op.stack_after)
+        if stack and stack[-1] > limit:
+            raise pickle.UnpicklingError(f"objects nested more than {limit} levels deep")
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
@@ -161,47 +124,85 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
         trust: unpickle without the allow-list. Runs whatever the file says: only for files
             whose origin is known.
     Returns:
-        The checkpoint's object; tensors of zip-format files are :class:`StoredTensor`.
+        The checkpoint's object; its tensors are :class:`StoredTensor`, except for legacy
+        (pre-1.6, non-zip) files read with ``trust``.
     Raises:
         UnsafeCheckpointError: the file references a global outside the allow-list.
         ExportError: the file is missing or is not a readable torch checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ExportError(f"{path} is empty (0 bytes): not a checkpoint")
+    _check_regular_file(path)
     if trust:
         logger.warning("input.trust=true: unpickling %s WITHOUT the allow-list; "
                        "it can run arbitrary code", path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    is_zip = zipfile.is_zipfile(path)
-    if head == b"PK\x03\x04" and not is_zip:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_TORCH_LEGACY_MAGIC))
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if head.startswith(b"PK\x03\x04") and not is_zip:
         raise ExportError(f"{path} is truncated or damaged: it starts as a torch zip checkpoint "
                           "but its zip directory (at the end of the file) is missing")
+    if not is_zip:
+        return _load_legacy(path, head, trust)
+    archive = CheckpointArchive(path)
+    data = archive.read_bytes("data.pkl")
     try:
-        if is_zip:
-            archive = CheckpointArchive(path)
-            data = archive.read_bytes("data.pkl")
-            return _LazyUnpickler(io.BytesIO(data), archive, trust).load()
-        return _load_legacy(path, trust)
-    except _RefusedGlobal as exc:
+        check_nesting(data)
+        return _Unpickler(data, archive, trust).load()
+    except RefusedGlobal as exc:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it references {exc.qualname}, which is not allowed in "
             "a checkpoint (set input.trust=true only if you know where the file comes from)"
-        ) from None
+        ) from exc
+    except BadArguments as exc:
+        raise UnsafeCheckpointError(f"refusing to load {path}: {first_line(exc)}") from exc
     except ExportError:
         raise
-    except Exception as exc:  # a corrupt pickle fails in many ways; none of them is a bug here
+    # A damaged pickle fails inside the unpickler and inside the omegaconf objects it rebuilds
+    # (BUILD runs their __setstate__) in every way there is; the cause stays chained.
+    except Exception as exc:  # noqa: BLE001
         raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
-                          ) from None
+                          ) from exc
 
 
-def _load_legacy(path: Path, trust: bool) -> Any:
-    """Pre-1.6 (non-zip) files: no lazy access is possible, torch.load reads them whole."""
-    unpickler = type("Unpickler", (RestrictedUnpickler,), {"trust": trust})
-    module = types.ModuleType("audiocraft_ext_restricted_pickle")
-    module.Unpickler = unpickler  # type: ignore[attr-defined]
-    module.load = lambda f, **kw: unpickler(f, **kw).load()  # type: ignore[attr-defined]
-    return torch.load(str(path), map_location="cpu", pickle_module=module, weights_only=False)
+def _check_regular_file(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ExportError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(mode):
+        raise ExportError(f"{path} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(mode):
+        raise ExportError(f"{path} is not a regular file ({_file_kind(mode)}): not a checkpoint")
+    if os.path.getsize(path) == 0:
+        raise ExportError(f"{path} is empty (0 bytes): not a checkpoint")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _load_legacy(path: Path, head: bytes, trust: bool) -> Any:
+    """Pre-1.6 (non-zip) files. torch's legacy reader allocates every storage a pickle
+    declares and fills only those whose data follows, so a crafted file yields uninitialised
+    memory: it is used only with ``trust``."""
+    if not head.startswith(_TORCH_LEGACY_MAGIC):
+        raise ExportError(f"{path} is not a readable torch checkpoint: not a zip archive "
+                          "(torch.save's format) nor torch's legacy format")
+    if not trust:
+        raise ExportError(f"{path} is in torch's legacy (pre-1.6) format, which cannot be read "
+                          "safely; re-save it with torch.save where it is trusted, or set "
+                          "input.trust=true if you know where it comes from")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - trusted legacy files fail as torch.load fails
+        raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
+                          ) from exc

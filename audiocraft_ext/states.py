@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Mapping
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any, Mapping, Optional
 
 from .config import StateChoice
-from .errors import ExportError, first_line
+from .errors import ExportError, shown
 from .safe_load import load_checkpoint
 from .stored_tensor import TensorLike, is_tensor
+
+logger = logging.getLogger(__name__)
 
 StateDict = dict[str, TensorLike]
 
@@ -19,13 +20,19 @@ _KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state
          StateChoice.last: "model", StateChoice.ema: "ema"}
 
 
-def _model_state(pkg: Mapping[str, Any], key: str) -> StateDict | None:
+# Plain dicts only: a DictConfig is a Mapping too, and reading it resolves interpolations.
+def _model_state(pkg: Mapping[str, Any], key: str) -> Optional[StateDict]:
+    """The flat state dict under ``key``; None when it is absent or empty."""
     value = pkg.get(key)
-    if key == "ema" and isinstance(value, Mapping):  # ModuleDictEMA: {'state': {'model': ...}}
+    if key == "ema" and isinstance(value, dict):  # ModuleDictEMA: {'state': {'model': ...}}
         value = value.get("state")
-    if key != "model" and isinstance(value, Mapping):
-        value = value.get("model")
-    return dict(value) if isinstance(value, Mapping) and value else None
+    if key != "model" and isinstance(value, dict) and value:
+        if "model" not in value:
+            raise ExportError(f"'{key}' has no 'model' entry (it holds "
+                              f"{shown(sorted(map(str, value))[:5], 200)}): not a solver's "
+                              "best state")
+        value = value["model"]
+    return dict(value) if isinstance(value, dict) and value else None
 
 
 def load_solver_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
@@ -34,20 +41,6 @@ def load_solver_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     if not isinstance(pkg, dict):
         raise ExportError(f"{path} holds a {type(pkg).__name__}, not a solver checkpoint")
     return pkg
-
-
-def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
-    """The checkpoint's ``xp.cfg``, checked to be a whole, readable config."""
-    cfg = pkg.get("xp.cfg")
-    if not isinstance(cfg, DictConfig):
-        raise ExportError(f"{source} has no xp.cfg config "
-                          f"({'missing' if cfg is None else type(cfg).__name__}): "
-                          "not an AudioCraft solver checkpoint")
-    try:  # a damaged pickle can rebuild a DictConfig that fails only when it is read
-        OmegaConf.to_yaml(cfg)
-    except Exception as exc:
-        raise ExportError(f"{source}: its xp.cfg is damaged ({first_line(exc)})") from None
-    return cfg
 
 
 def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str = "checkpoint",
@@ -62,7 +55,11 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
         for key in ("fsdp_best_state", "best_state"):
             state = _model_state(pkg, key)
             if state is not None:
-                return key, _checked(state, key, source)
+                return key, checked_state(state, key, source)
+            if key == "fsdp_best_state" and isinstance(pkg.get(key), dict) and pkg[key]:
+                logger.warning("%s: fsdp_best_state holds an empty model state; exporting "
+                               "best_state instead (export_lm would export the empty state)",
+                               source)
         present = [k for k in ("fsdp_best_state", "best_state") if k in pkg]
         raise ExportError(
             f"{source} has no usable best state: "
@@ -79,12 +76,16 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
     if state is None:
         why = "is empty" if key in pkg else "is missing"
         raise ExportError(f"{source}: state={choice.value} needs '{key}', which {why}")
-    return key, _checked(state, key, source)
+    return key, checked_state(state, key, source)
 
 
-def _checked(state: StateDict, key: str, source: str) -> StateDict:
-    bad = next((k for k, v in state.items() if not is_tensor(v)), None)
-    if bad is not None:
-        raise ExportError(f"{source}: '{key}' is not a model state dict "
-                          f"({bad!r} is a {type(state[bad]).__name__}, not a tensor)")
+def checked_state(state: StateDict, key: str, source: str) -> StateDict:
+    """``state``, once every entry is a parameter name and a tensor."""
+    for name, value in state.items():
+        if type(name) is not str:
+            raise ExportError(f"{source}: '{key}' is not a model state dict (it has a key of "
+                              f"type {shown(type(name).__name__)}, not a parameter name)")
+        if not is_tensor(value):
+            raise ExportError(f"{source}: '{key}' is not a model state dict ({shown(name)} is "
+                              f"a {shown(type(value).__name__)}, not a tensor)")
     return state

@@ -15,17 +15,15 @@ import os
 import pickle
 import resource
 import sys
-import zipfile
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from torch._utils import _rebuild_tensor_v2
+from torch._utils import _rebuild_tensor_v2, _rebuild_tensor_v3
 
 from .errors import ExportError
-from .stored_tensor import ComputedTensor, StoredStorage, StoredTensor
+from .stored_tensor import ComputedTensor, StoredStorage, StoredTensor, element_size
 
 ProgressFn = Callable[[int], None]
 # Recent torch takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
@@ -34,7 +32,8 @@ _WRITES_STORAGES = "StorageBase" in (torch._C.PyTorchFileWriter.write_record.__d
 
 class _OutStorage:
     """A storage to write: its pickled identity, and where its bytes come from: a record of
-    the source archive (``stored``, copied from a map of the file) or a tensor (``read``)."""
+    the source archive (``stored``, read into a buffer reused for every record) or a tensor
+    (``read``)."""
 
     def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
                  stored: Optional[StoredStorage] = None,
@@ -42,13 +41,13 @@ class _OutStorage:
         self.key, self.dtype, self.numel, self.nbytes = key, dtype, numel, nbytes
         self.stored, self.read = stored, read
 
-    @contextmanager
-    def flat(self) -> Iterator[torch.Tensor]:
-        if self.stored is not None:
-            with self.stored.mapped() as flat:
-                yield flat
-        else:
-            yield self.read()
+    def flat(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The storage's bytes as a flat uint8 tensor starting at its storage's start."""
+        if self.stored is None:
+            assert self.read is not None
+            return self.read()
+        self.stored.read_into(buffer[: self.nbytes])
+        return buffer
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -59,8 +58,23 @@ def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
+_TYPED_STORAGES = torch.storage._dtype_to_storage_type_map()
+
+
 def _storage_type(dtype: torch.dtype) -> Any:
-    return getattr(torch, torch.storage._dtype_to_storage_type_map()[dtype])
+    """The storage class torch.save names for ``dtype`` (untyped: uint8 bytes)."""
+    if dtype not in _TYPED_STORAGES:
+        return torch.storage.UntypedStorage
+    return getattr(torch, _TYPED_STORAGES[dtype])
+
+
+def _rebuild_args(out: "_OutStorage", dtype: torch.dtype, offset: int, size: tuple,
+                  stride: tuple) -> tuple[Any, tuple]:
+    """torch.save's reduction of a tensor: v2 for dtypes with a typed storage, else v3
+    (float8, uint16/32/64, complex32), whose storage is untyped bytes."""
+    if dtype in _TYPED_STORAGES:
+        return _rebuild_tensor_v2, (out, offset, size, stride, False, OrderedDict())
+    return _rebuild_tensor_v3, (out, offset, size, stride, False, OrderedDict(), dtype)
 
 
 class _StreamingPickler(pickle.Pickler):
@@ -78,9 +92,10 @@ class _StreamingPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, StoredTensor):
             src: StoredStorage = obj.storage
-            out = self._storage(src, src.dtype, src.numel, src.nbytes, stored=src)
-            return _rebuild_tensor_v2, (out, obj.offset, obj.size, obj.stride, False,
-                                        OrderedDict())
+            stored_dtype = src.dtype if obj.dtype in _TYPED_STORAGES else torch.uint8
+            out = self._storage(src, stored_dtype, src.nbytes // element_size(stored_dtype),
+                                src.nbytes, stored=src)
+            return _rebuild_args(out, obj.dtype, obj.offset, obj.size, obj.stride)
         if isinstance(obj, (torch.Tensor, ComputedTensor)):  # written as a new storage
             if isinstance(obj, torch.Tensor):
                 tensor = obj.detach().cpu().contiguous()
@@ -89,10 +104,12 @@ class _StreamingPickler(pickle.Pickler):
                 read = obj.load
             shape = tuple(obj.shape)
             numel = obj.numel()
-            out = self._storage(obj, obj.dtype, numel, numel * obj.element_size(),
+            nbytes = numel * obj.element_size()
+            typed = obj.dtype in _TYPED_STORAGES
+            out = self._storage(obj, obj.dtype if typed else torch.uint8,
+                                numel if typed else nbytes, nbytes,
                                 read=lambda: read().reshape(-1).view(torch.uint8))
-            return _rebuild_tensor_v2, (out, 0, shape, _contiguous_stride(shape), False,
-                                        OrderedDict())
+            return _rebuild_args(out, obj.dtype, 0, shape, _contiguous_stride(shape))
         return NotImplemented
 
     def persistent_id(self, obj: Any) -> Optional[tuple]:
@@ -105,14 +122,17 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
     """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
     fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written.
 
-    Records of the source archive are handed to torch's zip writer straight from a map of
-    the file; the CRC the writer computes must then equal the one the source archive
-    recorded, which proves the bytes read were the bytes saved.
+    Records of the source archive are read (CRC-checked against the source's directory) into
+    one buffer, reused for every record so that memory stays flat, and handed from there to
+    torch's zip writer.
     """
     buf = io.BytesIO()
     pickler = _StreamingPickler(buf)
     pickler.dump(obj)
     data = buf.getvalue()
+    largest = max((o.nbytes for o in pickler.storages.values() if o.stored is not None),
+                  default=0)
+    buffer = torch.empty(largest, dtype=torch.uint8)
     try:
         with torch.serialization._open_zipfile_writer(str(path)) as zf:
             zf.write_record("data.pkl", data, len(data))
@@ -122,25 +142,25 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
                 zf.write_record(".storage_alignment", alignment, len(alignment))
             zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
             for out in pickler.storages.values():
-                with out.flat() as flat:
-                    if _WRITES_STORAGES:
-                        if flat.storage_offset() or flat.untyped_storage().nbytes() != out.nbytes:
-                            flat = flat.clone()  # a view: write its bytes, not its base's
-                        record: Any = flat.untyped_storage()
-                    else:
-                        record = flat.data_ptr()
-                    zf.write_record(f"data/{out.key}", record, out.nbytes)
-                    del flat, record
+                flat = out.flat(buffer)
+                if _WRITES_STORAGES:
+                    if flat.storage_offset():
+                        flat = flat.clone()  # a view: write its bytes, not its base's
+                    # torch writes the first out.nbytes bytes of the storage
+                    record: Any = flat.untyped_storage()
+                else:
+                    record = flat.data_ptr()
+                zf.write_record(f"data/{out.key}", record, out.nbytes)
+                del flat, record
                 if progress is not None:
                     progress(out.nbytes)
-        _check_copied_crcs(path, pickler.storages.values())
         with open(path, "rb") as f:
             os.fsync(f.fileno())
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except RuntimeError as exc:  # torch's zip writer reports failed writes without errno
-        raise ExportError(f"cannot write {path}: {_why_write_failed(path, exc)}") from None
+        raise ExportError(f"cannot write {path}: {_why_write_failed(path, exc)}") from exc
 
 
 def _why_write_failed(path: Path, exc: RuntimeError) -> str:
@@ -153,13 +173,3 @@ def _why_write_failed(path: Path, exc: RuntimeError) -> str:
         return f"No space left on device ({disk.f_bavail * disk.f_frsize} bytes free)"
     return f"the write stopped short ({str(exc).splitlines()[0]})"
 
-
-def _check_copied_crcs(path: Path, storages: Iterable[_OutStorage]) -> None:
-    with zipfile.ZipFile(path) as written:
-        prefix = written.namelist()[0].split("/", 1)[0]
-        for out in storages:
-            if out.stored is not None and \
-                    written.getinfo(f"{prefix}/data/{out.key}").CRC != out.stored.crc:
-                source = out.stored.archive.path
-                raise ExportError(f"{source} is damaged: its record 'data/{out.stored.key}' "
-                                  "does not match its CRC-32")

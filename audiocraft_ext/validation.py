@@ -17,11 +17,12 @@ from omegaconf import DictConfig
 
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
-from .errors import ExportError, first_line
+from .errors import ExportError, first_line, shown
 from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
 from .states import StateDict
 from .stored_tensor import TensorLike, as_tensor
+from .xp_config import needed_value
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,23 @@ def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, Tens
             differ.append(f"{key} ({want.dtype} became {got.dtype})")
         elif got.shape != want.shape:
             differ.append(f"{key} (shape {tuple(want.shape)} became {tuple(got.shape)})")
-        elif not torch.equal(got.cpu(), want.to(got.dtype)):
+        elif not same_bits(got.cpu(), want.to(got.dtype)):
             differ.append(key)
     if differ:
         raise ExportError(f"{what}: {len(differ)} of {len(expected)} tensors differ from the "
                           f"source state, first {differ[0]}")
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold bit-identical elements (NaN equals the same NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.bool or a.element_size() == 0 or a.numel() == 0:
+        return torch.equal(a, b)
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
+    if bits is None:  # complex128: two float64 per element
+        return same_bits(torch.view_as_real(a), torch.view_as_real(b))
+    return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
 
 
 class _Checks:
@@ -154,10 +167,10 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     checks = _Checks()
     report["checks"] = checks.results
     device = settings.device
-    solver = str(lm_cfg.get("solver", ""))
+    solver = needed_value(lm_cfg, "solver", "the LM", default="")
     family = FAMILIES.get(solver)
     if family is None:
-        raise ExportError(f"cannot validate an LM of solver {solver!r} (known: "
+        raise ExportError(f"cannot validate an LM of solver {shown(solver)} (known: "
                           f"{', '.join(FAMILIES)}); use validate=none")
 
     with checks.check("lm_file"):
@@ -256,7 +269,10 @@ def _round_trip(model: Any, settings: ValidateConfig) -> dict[str, Any]:
 def _check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
     if family.extend_stride is None:
         return
-    segment = float(lm_cfg.dataset.segment_duration)
+    segment = needed_value(lm_cfg, "dataset.segment_duration", "the LM")
+    if type(segment) not in (int, float):
+        raise ExportError(f"{family.model_class}.get_pretrained needs a number of seconds in "
+                          f"xp.cfg's dataset.segment_duration, which holds {shown(segment)}")
     if segment <= family.extend_stride:
         raise ExportError(
             f"{family.model_class}.get_pretrained rejects this model: it was trained on "

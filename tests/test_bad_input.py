@@ -23,9 +23,9 @@ from conftest import (app_command, app_env, error_lines, member_span, run_app, s
                       torch_load)
 
 
-def _rejected(tmp_path: Path, *overrides: str, message: str, **kwargs) -> None:
+def _rejected(tmp_path: Path, *overrides: str, message: str, keep: tuple = (), **kwargs) -> None:
     """Run the app towards tmp/out/release; assert exit 1, one [ERROR] line matching
-    ``message`` and no traceback, and that tmp/out holds no release and no leftovers."""
+    ``message`` and no traceback, and that tmp/out holds nothing but ``keep``."""
     dest = tmp_path / "out" / "release"
     proc = run_app(*overrides, f"output.dir={dest}", f"hydra.run.dir={tmp_path / 'run'}",
                    cwd=tmp_path, **kwargs)
@@ -34,7 +34,7 @@ def _rejected(tmp_path: Path, *overrides: str, message: str, **kwargs) -> None:
     [line] = error_lines(proc.stderr)
     assert re.search(message, line), line
     if dest.parent.exists():
-        assert [p.name for p in dest.parent.iterdir()] in ([], [".release.lock"])
+        assert sorted(p.name for p in dest.parent.iterdir()) == sorted(keep)
 
 
 def _checkpoint(tmp_path: Path, source: Path, edit=None, name: str = "checkpoint.th") -> Path:
@@ -111,12 +111,14 @@ def test_corrupt_member_of_the_exported_state(tmp_path, musicgen_ckpt):
               message=rf"is damaged: its record 'data/{key}' does not match its CRC-32$")
 
 
-def test_legacy_non_zip_checkpoint_loads(tmp_path, musicgen_ckpt):
+def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, musicgen_ckpt):
     path = tmp_path / "legacy" / "checkpoint.th"
     path.parent.mkdir()
     torch.save(torch_load(musicgen_ckpt), path, _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(path)
-    run_app(*_input(path), "compression=none", f"output.dir={tmp_path / 'rel'}",
+    _rejected(tmp_path, *_input(path), message=r"is in torch's legacy \(pre-1.6\) format, which "
+                                               r"cannot be read safely; re-save it with torch.save")
+    run_app(*_input(path), "compression=none", "input.trust=true", f"output.dir={tmp_path / 'rel'}",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
     got = torch.load(tmp_path / "rel" / "state_dict.bin", weights_only=True)["best_state"]
     want = torch_load(musicgen_ckpt)["best_state"]["model"]
@@ -269,7 +271,7 @@ def test_failed_overwrite_keeps_the_old_release(tmp_path, musicgen_ckpt, musicge
     [line] = error_lines(proc.stderr)
     assert "MusicGen.get_pretrained rejects this model" in line
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
-    assert sorted(p.name for p in dest.parent.iterdir()) == [".release.lock", "release"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["release"]
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
@@ -299,7 +301,7 @@ def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, musicgen_ckp
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".release.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another export holds the release
-        _rejected(tmp_path, *_input(musicgen_ckpt),
+        _rejected(tmp_path, *_input(musicgen_ckpt), keep=(".release.lock",),
                   message=r"another export is writing .*/out/release right now$")
 
 

@@ -50,11 +50,17 @@ def test_refuses_code_execution_before_running_it(tmp_path, musicgen_ckpt):
     assert not marker.exists()
 
 
-def test_legacy_non_zip_format_loads(tmp_path):
+def test_legacy_non_zip_format_is_read_only_when_trusted(tmp_path):
+    """torch's legacy reader fills only the storages whose data follows the pickle: a crafted
+    file gets uninitialised memory. Readable with trust, refused otherwise."""
     path = tmp_path / "legacy.th"
     torch.save({"best_state": {"model": {"w": torch.arange(3.0)}}}, path,
                _use_new_zipfile_serialization=False)
-    assert torch.equal(load_checkpoint(path)["best_state"]["model"]["w"], torch.arange(3.0))
+    with pytest.raises(ExportError, match=r"is in torch's legacy \(pre-1.6\) format, which "
+                                          r"cannot be read safely; re-save it"):
+        load_checkpoint(path)
+    loaded = load_checkpoint(path, trust=True)
+    assert torch.equal(loaded["best_state"]["model"]["w"], torch.arange(3.0))
 
 
 @pytest.mark.parametrize("content, message", [

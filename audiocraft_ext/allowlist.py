@@ -1,0 +1,317 @@
+"""What a checkpoint's pickle may call, each with its arguments checked before it runs.
+
+A pickle names globals and calls them with arguments of its choosing. Admitting a name is not
+enough: ``torch.Tensor(n)`` hands out uninitialised memory, ``dict(config)`` resolves a
+config's ``${oc.env:...}`` interpolations, a numpy dtype's pickled state can forge an object
+pointer. So every admitted global resolves to a small function of ours that accepts only the
+argument types and values that real AudioCraft/flashy/Dora checkpoints use, and builds plain
+values from them. Names are looked up after Python 2 names are mapped to Python 3 ones, as
+pickle itself does.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import pickle
+import struct
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import MAX_SHOWN, one_line
+from .stored_tensor import StoredStorage, StoredTensor, view_problem
+
+MAX_DIMS = 64
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle references a global outside the allow-list."""
+
+    def __init__(self, module: str, name: str) -> None:
+        module = {"posix": "os", "nt": "os"}.get(module, module)  # os.system pickles as posix
+        self.qualname = one_line(f"{module}.{name}", MAX_SHOWN)
+        super().__init__(self.qualname)
+
+
+class BadArguments(pickle.UnpicklingError):
+    """An allowed global was called with arguments no real checkpoint uses."""
+
+
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles (torch.save's) use Python 2 names: __builtin__.long, commands.Popen."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _refuse(what: str, *args: Any) -> BadArguments:
+    shown = ", ".join(one_line(type(a).__name__, 40) for a in args)
+    return BadArguments(f"{what} called with ({shown})")
+
+
+# --- builtins: plain values from plain values ---------------------------------------------
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset,
+          OrderedDict, collections.defaultdict)
+_SCALARS = (bool, int, float, str)
+
+
+def _is_plain(value: Any) -> bool:
+    # exact types: a DictConfig is a Mapping too, and iterating it resolves interpolations
+    return type(value) in _PLAIN
+
+
+def _container(cls: type) -> Callable[..., Any]:
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not _is_plain(args[0])):
+            raise _refuse(f"builtins.{cls.__name__}", *args)
+        return cls(*args)
+    build.__qualname__ = f"safe_{cls.__name__}"
+    return build
+
+
+def _scalar(cls: type) -> Callable[..., Any]:
+    def build(*args: Any) -> Any:
+        ok = len(args) <= 1 and all(type(a) in _SCALARS for a in args)
+        if cls is int and len(args) == 2:  # int("ff", 16)
+            ok = type(args[0]) is str and type(args[1]) is int
+        if cls is str and len(args) in (2, 3):  # str(b"...", "utf-8"[, "strict"])
+            ok = type(args[0]) is bytes and all(type(a) is str for a in args[1:])
+        if not ok:
+            raise _refuse(f"builtins.{cls.__name__}", *args)
+        return cls(*args)
+    build.__qualname__ = f"safe_{cls.__name__}"
+    return build
+
+
+_BUILTINS = {name: _container(cls) for name, cls in (
+    ("dict", dict), ("list", list), ("tuple", tuple), ("set", set), ("frozenset", frozenset))}
+_BUILTINS.update({name: _scalar(cls) for name, cls in (
+    ("int", int), ("float", float), ("bool", bool), ("str", str))})
+_DEFAULT_FACTORIES = {None, *_BUILTINS.values()}
+
+
+def _codecs_encode(text: Any, encoding: Any = "utf-8", *errors: Any) -> bytes:
+    # protocol 2 spells a bytes literal as _codecs.encode(str, "latin1")
+    if type(text) is not str or encoding not in ("latin1", "latin-1") or errors:
+        raise _refuse("_codecs.encode", text, encoding, *errors)
+    return text.encode("latin1")
+
+
+def _ordered_dict(*args: Any) -> OrderedDict:
+    if len(args) > 1 or (args and not _is_plain(args[0])):
+        raise _refuse("collections.OrderedDict", *args)
+    return OrderedDict(*args)
+
+
+def _defaultdict(factory: Any = None, *args: Any) -> collections.defaultdict:
+    if factory not in _DEFAULT_FACTORIES or len(args) > 1 or (args and not _is_plain(args[0])):
+        raise _refuse("collections.defaultdict", factory, *args)
+    return collections.defaultdict(factory, *args)
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) not in (tuple, list, torch.Size) or len(value) > MAX_DIMS \
+            or any(type(v) is not int or v < 0 for v in value):
+        raise BadArguments(f"{what} is not a list of at most {MAX_DIMS} non-negative ints")
+    return tuple(value)
+
+
+def _torch_size(*args: Any) -> torch.Size:
+    if len(args) > 1:
+        raise _refuse("torch.Size", *args)
+    return torch.Size(_ints(args[0] if args else (), "torch.Size"))
+
+
+def _torch_device(*args: Any) -> torch.device:
+    if not 1 <= len(args) <= 2 or type(args[0]) not in (str, int) \
+            or (len(args) == 2 and type(args[1]) is not int):
+        raise _refuse("torch.device", *args)
+    try:
+        return torch.device(*args)
+    except RuntimeError as exc:
+        raise BadArguments(f"torch.device: {one_line(str(exc), MAX_SHOWN)}") from exc
+
+
+# --- numpy scalars (metrics in a history), decoded without numpy ------------------------
+# numpy pickles np.float64(x) as scalar(dtype("f8") + BUILD(state), raw bytes). Only plain
+# numeric dtypes are accepted, with exactly the item's bytes; the result is the Python value.
+_NUMPY_CODES = {"b1": "?", "i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I",
+                "i8": "q", "u8": "Q", "f2": "e", "f4": "f", "f8": "d", "c8": "ff", "c16": "dd"}
+
+
+class PlainNumpyDType:
+    """A numpy dtype as a checkpoint may state it: one plain numeric type, no fields."""
+
+    def __init__(self, code: str) -> None:
+        self.code, self.byteorder = code, "="
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
+        if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4) \
+                or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None) \
+                or state[5:8] != (-1, -1, 0) or (len(state) == 9 and state[8] is not None):
+            raise BadArguments(f"numpy dtype {self.code!r}: its pickled state is not that of "
+                               "a plain numeric dtype")
+        self.byteorder = state[1]
+
+    def __repr__(self) -> str:
+        return f"numpy.dtype({self.code!r})"
+
+
+def _numpy_dtype(code: Any, align: Any = False, copy: Any = False) -> PlainNumpyDType:
+    if code not in _NUMPY_CODES or type(align) is not bool or type(copy) is not bool:
+        raise BadArguments(f"numpy.dtype({one_line(repr(code), 40)}): only plain numeric "
+                           "dtypes are allowed")
+    return PlainNumpyDType(code)
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> bool | int | float | complex:
+    if type(dtype) is not PlainNumpyDType or type(data) is not bytes:
+        raise _refuse("numpy scalar", dtype, data)
+    order = ">" if dtype.byteorder == ">" else "<"
+    fmt = order + _NUMPY_CODES[dtype.code]
+    if len(data) != struct.calcsize(fmt):
+        raise BadArguments(f"numpy scalar of dtype {dtype.code!r} with {len(data)} bytes")
+    values = struct.unpack(fmt, data)
+    return complex(*values) if len(values) == 2 else values[0]
+
+
+# --- tensors: lazy views of the archive's storages ----------------------------------------
+class TypeToken:
+    """Stands for ``torch.Tensor`` / ``nn.Parameter`` where a pickle names them as the type of
+    a rebuilt tensor; calling it (``torch.Tensor(n)``: uninitialised memory) is refused."""
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+    def __call__(self, *args: Any) -> Any:
+        raise _refuse(self.qualname, *args)
+
+
+def _view(storage: Any, offset: Any, size: Any, stride: Any,
+          dtype: Optional[torch.dtype] = None) -> StoredTensor:
+    if type(storage) is not StoredStorage:
+        raise BadArguments(f"a tensor is rebuilt from a {one_line(type(storage).__name__, 40)}, "
+                           "not from a storage of the archive")
+    size, stride = _ints(size, "a tensor's size"), _ints(stride, "a tensor's stride")
+    if type(offset) is not int or offset < 0 or len(size) != len(stride):
+        raise BadArguments("a tensor's offset, size and stride do not describe a view")
+    if dtype is None:
+        dtype = storage.dtype
+    elif not isinstance(dtype, torch.dtype) or storage.dtype != torch.uint8:
+        raise BadArguments("_rebuild_tensor_v3 needs an untyped storage and a torch dtype")
+    problem = view_problem(storage.nbytes, dtype, offset, size, stride)
+    if problem is not None:
+        raise BadArguments(f"a tensor of storage {storage.key!r} is unreadable: {problem}")
+    return StoredTensor(storage, offset, size, stride, dtype)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> StoredTensor:
+    return _view(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None,
+                       metadata: Any = None) -> StoredTensor:
+    return _view(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> StoredTensor:
+    # dtypes without a typed storage (float8, uint16/32/64, complex32) are saved this way
+    return _view(storage, offset, size, stride, dtype)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
+                       state: Any = None) -> StoredTensor:
+    if type(data) is not StoredTensor:
+        raise _refuse("torch._utils._rebuild_parameter", data)
+    return data  # the plain tensor is all a release needs
+
+
+_TENSOR_TYPES = {("torch", "Tensor"): TypeToken("torch.Tensor"),
+                 ("torch.nn.parameter", "Parameter"): TypeToken("torch.nn.Parameter")}
+_TENSOR_REBUILDS = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter}
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
+    # how tensor subclasses (nn.Parameter) pickle: func(*args), then as_subclass(new_type)
+    if func not in _TENSOR_REBUILDS or type(new_type) is not TypeToken or type(args) is not tuple:
+        raise _refuse("torch._tensor._rebuild_from_type_v2", func, new_type, args)
+    return func(*args)
+
+
+# (module, name) -> what the pickle gets for it
+ALLOWED: dict[tuple[str, str], Any] = {
+    **{("builtins", name): build for name, build in _BUILTINS.items()},
+    ("_codecs", "encode"): _codecs_encode,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("collections", "defaultdict"): _defaultdict,
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): _torch_device,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    **_TENSOR_TYPES,
+}
+# Classes whose instances a pickle may create (NEWOBJ, then BUILD with a state dict): the
+# nodes and containers of an OmegaConf config, and typing.Any as a node's declared type.
+_CLASSES = [("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
+            ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"),
+            ("typing", "Any")] + [("omegaconf.nodes", name) for name in (
+                "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
+                "BytesNode", "PathNode", "InterpolationResultNode")]
+_TORCH_DTYPES = {name: value for name in dir(torch)
+                 if isinstance(value := getattr(torch, name), torch.dtype)}
+_UNTYPED = ("torch.storage", "UntypedStorage")
+
+
+def resolve_global(module: str, name: str) -> Any:
+    """What ``module.name`` of a checkpoint's pickle resolves to; refused if not allowed.
+
+    Storage types (``torch.HalfStorage``, ``torch.storage.UntypedStorage``) resolve to their
+    dtype, which only the persistent-id reader accepts.
+    """
+    key = python3_name(module, name)
+    if key in ALLOWED:
+        return ALLOWED[key]
+    if key[0] == "torch" and key[1] in _TORCH_DTYPES:
+        return _TORCH_DTYPES[key[1]]
+    if key == _UNTYPED:
+        return torch.uint8
+    if key[0] == "torch" and key[1].endswith("Storage"):
+        try:
+            return torch.serialization.StorageType(key[1]).dtype
+        except (KeyError, AttributeError):
+            raise RefusedGlobal(*key) from None
+    if key in _CLASSES:
+        module_obj = __import__(key[0], fromlist=[key[1]])
+        return getattr(module_obj, key[1])
+    raise RefusedGlobal(*key)
+
+
+def storage_from_id(saved_id: Any, storages: dict[str, StoredStorage],
+                    make: Callable[[str, torch.dtype, int], StoredStorage]) -> StoredStorage:
+    """The storage a persistent id ``('storage', type, key, location, numel)`` names."""
+    if type(saved_id) is not tuple or len(saved_id) != 5 or saved_id[0] != "storage":
+        raise BadArguments("a persistent id that is not a torch storage reference")
+    _, dtype, key, location, numel = saved_id
+    if not isinstance(dtype, torch.dtype) or type(key) is not str or not key.isalnum() \
+            or len(key) > 32 or type(location) is not str or type(numel) is not int or numel < 0:
+        raise BadArguments("a storage reference with a malformed type, key, location or size")
+    if key in storages:
+        known = storages[key]
+        if (known.dtype, known.numel) != (dtype, numel):
+            raise BadArguments(f"storage {key!r} is declared twice, with different sizes")
+        return known
+    storages[key] = make(key, dtype, numel)
+    return storages[key]
+
