@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from .averaging import epoch_checkpoints
 from .config import StateChoice
-from .errors import ExportError
+from .errors import ExportError, shown
 from .manifest import file_facts, state_facts
 from .sources import CheckpointSource
 from .states import load_solver_checkpoint, select_state
@@ -31,8 +31,8 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
     for key, choice in _STATES.items():
         if key not in pkg:
             states[key] = "absent"
-        elif pkg[key] is None or pkg[key] == {}:
-            states[key] = "empty" if pkg[key] == {} else "none"
+        elif pkg[key] is None or (isinstance(pkg[key], dict) and not pkg[key]):
+            states[key] = "none" if pkg[key] is None else "empty"
         else:
             try:
                 states[key] = state_facts(select_state(pkg, choice, str(source.path))[1])
@@ -61,11 +61,16 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+    """JSON-ready metrics. Only plain containers are walked: reading a DictConfig resolves its
+    interpolations, and anything else from the file is named by its type, not rendered."""
+    if isinstance(value, dict):
+        return {shown(k, 80) if not isinstance(k, str) else k: _plain(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    return f"<{type(value).__name__}>"
 
 
 def format_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:

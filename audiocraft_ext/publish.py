@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path

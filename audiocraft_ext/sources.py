@@ -40,6 +40,10 @@ def resolve_checkpoint(path: str | Path, epoch: Optional[int] = None) -> Checkpo
     path = Path(path).expanduser()
     if path.is_dir():
         candidate = path / checkpoint_filename(epoch)
+        if os.path.lexists(candidate) and not candidate.is_file():
+            raise ExportError(f"{candidate} is not a checkpoint file ("
+                              + ("a folder" if candidate.is_dir() else "not a regular file")
+                              + ")")
         if not candidate.is_file():
             found = sorted(p.name for p in path.glob("checkpoint*.th"))
             hint = f" (found: {', '.join(found)})" if found else " and no checkpoint*.th at all"

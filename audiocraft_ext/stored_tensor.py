@@ -154,7 +154,7 @@ def view_problem(nbytes: int, dtype: torch.dtype, offset: int, size: tuple[int, 
     numel = math.prod(size)
     if numel == 0:
         return None if offset <= available else "its offset lies outside its storage"
-    end = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    end = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
     if end > available:
         return (f"it reaches element {end - 1} of a storage of {available} elements "
                 "(size, stride or offset outside the storage)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch._utils import _rebuild_tensor_v2, _rebuild_tensor_v3
+from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
 from .stored_tensor import ComputedTensor, StoredStorage, StoredTensor, element_size
@@ -59,6 +59,8 @@ def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 _TYPED_STORAGES = torch.storage._dtype_to_storage_type_map()
+# How newer torch saves dtypes without a typed storage; torch 2.1 has neither.
+_REBUILD_V3 = getattr(torch._utils, "_rebuild_tensor_v3", None)
 
 
 def _storage_type(dtype: torch.dtype) -> Any:
@@ -74,7 +76,10 @@ def _rebuild_args(out: "_OutStorage", dtype: torch.dtype, offset: int, size: tup
     (float8, uint16/32/64, complex32), whose storage is untyped bytes."""
     if dtype in _TYPED_STORAGES:
         return _rebuild_tensor_v2, (out, offset, size, stride, False, OrderedDict())
-    return _rebuild_tensor_v3, (out, offset, size, stride, False, OrderedDict(), dtype)
+    if _REBUILD_V3 is None:
+        raise ExportError(f"torch {torch.__version__} cannot save {dtype} tensors (nor load "
+                          "them): export this state with a newer torch")
+    return _REBUILD_V3, (out, offset, size, stride, False, OrderedDict(), dtype)
 
 
 class _StreamingPickler(pickle.Pickler):

@@ -111,9 +111,12 @@ def save_with_marker(pkg: dict[str, Any], place: Callable[[dict[str, Any], str],
     return buf.getvalue()
 
 
-def splice(archive: bytes, program: bytes) -> bytes:
+def splice(archive: bytes, program: bytes, fill: int | None = None,
+           extra: dict[str, bytes] | None = None) -> bytes:
     """``archive`` (torch.save bytes holding MARKER once) with the marker's opcode replaced by
-    ``program``; every other record is copied unchanged."""
+    ``program``; every other record is copied unchanged, or, with ``fill``, storage records
+    are filled with that byte (so that any other byte in an output came from elsewhere).
+    ``extra`` adds storage records (key -> bytes) for the program to reference."""
     out = io.BytesIO()
     marker_op = text(MARKER)
     with zipfile.ZipFile(io.BytesIO(archive)) as src, \
@@ -124,7 +127,12 @@ def splice(archive: bytes, program: bytes) -> bytes:
                 if data.count(marker_op) != 1:
                     raise ValueError("the marker must appear exactly once")
                 data = data.replace(marker_op, program)
+            elif fill is not None and "/data/" in info.filename:
+                data = bytes([fill]) * len(data)
             dst.writestr(info.filename, data)
+        prefix = src.namelist()[0].split("/", 1)[0]
+        for key, data in (extra or {}).items():
+            dst.writestr(f"{prefix}/data/{key}", data)
     return out.getvalue()
 
 

@@ -18,46 +18,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from app_cases import checkpoint_copy as _checkpoint
+from app_cases import input_args as _input
+from app_cases import rejected as _rejected
 from audiocraft_ext.safe_load import load_checkpoint
-from conftest import (app_command, app_env, error_lines, member_span, run_app, sha256_of,
-                      torch_load)
-
-
-def _rejected(tmp_path: Path, *overrides: str, message: str, keep: tuple = (), **kwargs) -> None:
-    """Run the app towards tmp/out/release; assert exit 1, one [ERROR] line matching
-    ``message`` and no traceback, and that tmp/out holds nothing but ``keep``."""
-    dest = tmp_path / "out" / "release"
-    proc = run_app(*overrides, f"output.dir={dest}", f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path, **kwargs)
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    [line] = error_lines(proc.stderr)
-    assert re.search(message, line), line
-    if dest.parent.exists():
-        assert sorted(p.name for p in dest.parent.iterdir()) == sorted(keep)
-
-
-def _checkpoint(tmp_path: Path, source: Path, edit=None, name: str = "checkpoint.th") -> Path:
-    """A copy of ``source`` (edited by ``edit(pkg)``) as <tmp>/dora/xps/<sig>/<name>, with the
-    tokenizer XP next to it so that //sig/ references still resolve."""
-    xps = tmp_path / "dora" / "xps"
-    xps.mkdir(parents=True, exist_ok=True)
-    for xp in source.parent.parent.iterdir():  # link the sibling XPs (the tokenizer)
-        if xp != source.parent and not (xps / xp.name).exists():
-            (xps / xp.name).symlink_to(xp)
-    path = xps / source.parent.name / name
-    path.parent.mkdir(exist_ok=True)
-    if edit is None:
-        path.write_bytes(source.read_bytes())
-    else:
-        pkg = torch_load(source)
-        edit(pkg)
-        torch.save(pkg, path)
-    return path
-
-
-def _input(path: Path) -> tuple[str, str]:
-    return "input=checkpoint", f"input.path={path}"
+from conftest import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
 
 
 # --- files that are not checkpoints ---------------------------------------------------------
