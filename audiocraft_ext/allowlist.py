@@ -243,6 +243,70 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
     return func(*args)
 
 
+# --- OmegaConf objects: recorded as data, never built ------------------------------------
+class PickledConfig:
+    """An OmegaConf object (DictConfig, ListConfig, a node or its metadata) as its pickle
+    states it: the class name and the state dict, nothing run.
+
+    Building the real objects would hand attacker-chosen state to omegaconf's code (a
+    ``_parent`` cycle hangs its error path, a resolver cache pre-fills what interpolations
+    return); :func:`config_data` turns the recorded tree into plain data instead.
+    """
+
+    kind = "?"
+    state: dict[str, Any] = {}  # until BUILD gives the instance its own (read, never mutated)
+
+    def __init__(self, *args: Any) -> None:
+        if args:  # pickles create these with NEWOBJ + BUILD, never by calling the class
+            raise _refuse(f"omegaconf {self.kind}", *args)
+        self.state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not dict:
+            raise _refuse(f"the state of omegaconf {self.kind}", state)
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.kind}>"
+
+
+_CONFIG_CLASSES = {
+    key: type(key[1], (PickledConfig,), {"kind": key[1]})
+    for key in [("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
+                ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata")]
+    + [("omegaconf.nodes", name) for name in (
+        "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode",
+        "InterpolationResultNode")]
+}
+_CONFIG_VALUES = (type(None), bool, int, float, str, bytes)
+
+
+def config_data(value: Any) -> Any:
+    """The plain data (dicts, lists, scalars, interpolations as ``"${...}"`` text) of a
+    pickled OmegaConf tree; raises ``ValueError`` naming what does not belong in a config."""
+    if isinstance(value, PickledConfig):
+        if value.kind in ("DictConfig", "ListConfig"):
+            content = value.state.get("_content")
+            if value.kind == "DictConfig" and type(content) is dict:
+                return {_config_key(k): config_data(v) for k, v in content.items()}
+            if value.kind == "ListConfig" and type(content) is list:
+                return [config_data(v) for v in content]
+            if content is None or type(content) is str:  # null, "???" or "${...}"
+                return content
+        elif value.kind.endswith("Node") and type(value.state.get("_val")) in _CONFIG_VALUES:
+            return value.state["_val"]
+        raise ValueError(f"a {value.kind} without a value")
+    if type(value) in _CONFIG_VALUES:
+        return value
+    raise ValueError(f"a {type(value).__name__} value")
+
+
+def _config_key(key: Any) -> Any:
+    if type(key) not in (str, int, float, bool, bytes) and key is not None:
+        raise ValueError(f"a key of type {type(key).__name__}")
+    return key
+
+
 # (module, name) -> what the pickle gets for it
 ALLOWED: dict[tuple[str, str], Any] = {
     **{("builtins", name): build for name, build in _BUILTINS.items()},
@@ -261,14 +325,9 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     **_TENSOR_TYPES,
+    **_CONFIG_CLASSES,
+    ("typing", "Any"): Any,  # a config node's declared type: named, never called
 }
-# Classes whose instances a pickle may create (NEWOBJ, then BUILD with a state dict): the
-# nodes and containers of an OmegaConf config, and typing.Any as a node's declared type.
-_CLASSES = [("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
-            ("omegaconf.base", "ContainerMetadata"), ("omegaconf.base", "Metadata"),
-            ("typing", "Any")] + [("omegaconf.nodes", name) for name in (
-                "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
-                "BytesNode", "PathNode", "InterpolationResultNode")]
 _TORCH_DTYPES = {name: value for name in dir(torch)
                  if isinstance(value := getattr(torch, name), torch.dtype)}
 _UNTYPED = ("torch.storage", "UntypedStorage")
@@ -292,9 +351,6 @@ def resolve_global(module: str, name: str) -> Any:
             return torch.serialization.StorageType(key[1]).dtype
         except (KeyError, AttributeError):
             raise RefusedGlobal(*key) from None
-    if key in _CLASSES:
-        module_obj = __import__(key[0], fromlist=[key[1]])
-        return getattr(module_obj, key[1])
     raise RefusedGlobal(*key)
 
 

@@ -24,7 +24,7 @@ from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, RELEASE_FILES, l
                       save_package, write_json, write_text)
 from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
-from .states import StateDict, load_solver_checkpoint, select_state
+from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 from .stored_tensor import cast_state
 from .validation import validate_release, validate_tokenizer_release
@@ -156,10 +156,10 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     if spec.select is StateChoice.average:
         members = average_members(source.path.parent, spec.last_k, spec.epochs)
         state, facts = average_state(members, spec.average_of, trust=trust)
-        selected = _Selected(cfg, "average", state, pkg.get("xp.sig"), facts)
+        selected = _Selected(cfg, "average", state, xp_signature(pkg), facts)
     else:
         key, state = select_state(pkg, spec.select, source=str(source.path))
-        selected = _Selected(cfg, key, state, pkg.get("xp.sig"))
+        selected = _Selected(cfg, key, state, xp_signature(pkg))
     logger.info("exporting %s of %s (solver %s): %d tensors", selected.key, source.path,
                 shown(raw_value(cfg, "solver")), len(selected.state))
     return selected

@@ -12,7 +12,7 @@ from .config import StateChoice
 from .errors import ExportError, shown
 from .manifest import file_facts, state_facts
 from .sources import CheckpointSource
-from .states import load_solver_checkpoint, select_state
+from .states import load_solver_checkpoint, select_state, xp_signature
 from .xp_config import raw_value, xp_config
 
 _STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
@@ -47,7 +47,7 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "checkpoint": file_facts(source.path),
         "keys": list(pkg),
         "solver": raw_value(cfg, "solver") if cfg is not None else None,
-        "xp_sig": pkg.get("xp.sig"),
+        "xp_sig": xp_signature(pkg),
         "epochs": len(history),
         "last_metrics": _plain(history[-1]) if history else None,
         "states": states,

@@ -43,6 +43,12 @@ def load_solver_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     return pkg
 
 
+def xp_signature(pkg: Mapping[str, Any]) -> Optional[str]:
+    """The checkpoint's Dora signature (``xp.sig``), when it is one (short, printable)."""
+    sig = pkg.get("xp.sig")
+    return sig if type(sig) is str and len(sig) <= 64 and sig.isprintable() else None
+
+
 def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str = "checkpoint",
                  ) -> tuple[str, StateDict]:
     """Return ``(checkpoint key, flat model state dict)`` for ``choice``.

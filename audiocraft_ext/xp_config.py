@@ -15,25 +15,32 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.basecontainer import BaseContainer
+from omegaconf.errors import OmegaConfBaseException
 
+from .allowlist import PickledConfig, config_data
 from .errors import ExportError, first_line, shown
 
 _ABSENT = object()
 
 
 def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
-    """The checkpoint's ``xp.cfg``, checked to be a whole, readable config."""
+    """The checkpoint's ``xp.cfg`` as a fresh config made from its plain data: no flags, no
+    resolver cache, nothing of the pickled objects but their values."""
     cfg = pkg.get("xp.cfg")
-    if not isinstance(cfg, DictConfig):
-        raise ExportError(f"{source} has no xp.cfg config "
-                          f"({'missing' if cfg is None else type(cfg).__name__}): "
-                          "not an AudioCraft solver checkpoint")
-    try:  # a damaged pickle can rebuild a DictConfig that fails only when it is read
-        OmegaConf.to_yaml(cfg)  # resolves nothing
-    # it fails inside omegaconf in as many ways as a DictConfig's state can be wrong
-    except Exception as exc:  # noqa: BLE001
+    try:
+        if isinstance(cfg, PickledConfig) and cfg.kind == "DictConfig":
+            data = config_data(cfg)
+        elif isinstance(cfg, DictConfig):  # a trusted legacy file, read by torch.load
+            data = OmegaConf.to_container(cfg, resolve=False)
+        else:
+            raise ExportError(f"{source} has no xp.cfg config "
+                              f"({'missing' if cfg is None else type(cfg).__name__}): "
+                              "not an AudioCraft solver checkpoint")
+        if not isinstance(data, dict):
+            raise ValueError(f"a {type(data).__name__} where a mapping belongs")
+        return OmegaConf.create(data)
+    except (ValueError, OmegaConfBaseException) as exc:
         raise ExportError(f"{source}: its xp.cfg is damaged ({first_line(exc)})") from exc
-    return cfg
 
 
 def raw_value(cfg: DictConfig, key: str, default: Any = None) -> Any:

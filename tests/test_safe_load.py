@@ -3,10 +3,12 @@ import pickle
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audiocraft_ext.errors import ExportError
+from audiocraft_ext.allowlist import PickledConfig
 from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
+from audiocraft_ext.xp_config import xp_config
 from conftest import torch_load
 
 SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
@@ -16,10 +18,13 @@ SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "
 def test_loads_a_hydra_composed_solver_checkpoint(musicgen_ckpt):
     pkg = load_checkpoint(musicgen_ckpt)
     assert list(pkg) == SOLVER_KEYS
-    cfg = pkg["xp.cfg"]
+    # the config arrives as recorded data, never as omegaconf objects built from the file;
+    # hydra.compose left a resolver cache in its metadata, which torch's weights_only rejects
+    assert isinstance(pkg["xp.cfg"], PickledConfig)
+    assert "resolver_cache" in pkg["xp.cfg"].state["_metadata"].state
+    cfg = xp_config(pkg, str(musicgen_ckpt))
     assert isinstance(cfg, DictConfig) and cfg.solver == "musicgen"
-    # hydra.compose leaves a resolver cache in the metadata, which torch's weights_only rejects
-    assert hasattr(cfg._metadata, "resolver_cache")
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(torch_load(musicgen_ckpt)["xp.cfg"])
     assert pkg["best_state"]["model"]["emb.0.weight"].dtype == torch.float16
     assert "exp_avg" in pkg["optimizer"]["state"][0]
 
