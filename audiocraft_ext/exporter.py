@@ -15,8 +15,8 @@ from .averaging import average_members, average_state
 from .compression import CompressionRelease, resolve_compression
 from .config import (AutoCompression, CheckpointCompression, CompressionConfig, OutputDtype,
                      StateChoice, StateConfig, ValidateConfig)
-from .manifest import file_facts, state_facts, versions
 from .errors import shown
+from .manifest import file_facts, state_facts, versions
 from .measure import phase
 from .progress import byte_progress
 from .publish import staged_release
@@ -25,9 +25,9 @@ from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, RELEASE_FILES, l
 from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
-from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 from .stored_tensor import cast_state
 from .validation import validate_release, validate_tokenizer_release
+from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 
 logger = logging.getLogger(__name__)
 TOKENIZER_SOLVER = "compression"  # an EnCodec XP: released as compression_state_dict.bin alone

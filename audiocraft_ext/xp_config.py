@@ -77,5 +77,5 @@ def no_resolvers() -> Iterator[None]:
     BaseContainer._resolvers = {}
     try:
         yield
-    finally:
-        BaseContainer._resolvers = saved
+    finally:  # keep what a module imported meanwhile registered for itself
+        BaseContainer._resolvers = {**saved, **BaseContainer._resolvers}

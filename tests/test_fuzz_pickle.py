@@ -144,23 +144,27 @@ def _programs(keys: dict[str, int]) -> st.SearchStrategy[bytes]:
         name.map(lambda g: c.stack_global(*g)),
         ref,
         st.integers(0, 5).map(c.get),
+        st.sampled_from([c.tup(), c.lst(), c.dct()]),
+        name.map(lambda g: c.call(c.glob(*g))),  # called without arguments
     )
 
     def composite(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-        args = st.lists(children, max_size=6)
+        # every branch draws children (hypothesis checks that it can recurse)
+        args = st.lists(children, min_size=1, max_size=6)
         return st.one_of(
             args.map(lambda xs: c.tup(*xs)),
             args.map(lambda xs: c.lst(*xs)),
-            st.lists(st.tuples(children, children), max_size=4).map(lambda ps: c.dct(*ps)),
+            st.lists(st.tuples(children, children), min_size=1, max_size=4).map(
+                lambda ps: c.dct(*ps)),
             st.tuples(name, args).map(lambda t: c.call(c.glob(*t[0]), *t[1])),
             st.tuples(name, args).map(lambda t: c.newobj(c.glob(*t[0]), *t[1])),
             st.tuples(children, children).map(lambda t: c.build(*t)),
             st.tuples(children, st.integers(0, 5)).map(lambda t: t[0] + c.put(t[1])),
             st.tuples(children, st.integers(1, 260)).map(lambda t: t[0] + b"\x85" * t[1]),
-            st.tuples(ref, small, dims, dims, st.sampled_from(["v2", "v3"])).map(
+            st.tuples(ref, small, dims, dims, st.sampled_from(["v2", "v3"]), children).map(
                 lambda t: c.call(c.glob("torch._utils", f"_rebuild_tensor_{t[4]}"), t[0],
                                  c.integer(t[1]), t[2], t[3], c.FALSE, c.NONE,
-                                 *([c.glob("torch", "float16")] if t[4] == "v3" else []))),
+                                 *([c.glob("torch", "float16")] if t[4] == "v3" else [t[5]]))),
         )
 
     return st.recursive(leaf, composite, max_leaves=24)
