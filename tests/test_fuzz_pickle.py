@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -200,3 +201,4 @@ def test_crafted_pickles_end_cleanly(templates, worker, outcomes, tmp_path_facto
     for path in Path(case).rglob("*"):  # the environment of the exporting machine stays out
         if path.is_file() and path.name != "checkpoint.th":
             assert b"hunter2-fuzz" not in path.read_bytes(), path
+    shutil.rmtree(case)  # a clean case leaves nothing: campaigns run to tens of thousands
