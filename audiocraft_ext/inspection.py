@@ -55,8 +55,9 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "compression_model_checkpoint": raw_value(cfg, "compression_model_checkpoint")
         if cfg is not None else None,
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
-        "fsdp_shards": sorted(p.name for p in xp_dir.glob(f"{source.path.name}.*")
-                              if p.suffix[1:].isdigit()),
+        "fsdp_shards": sorted(p.name for p in xp_dir.iterdir()
+                              if p.name.startswith(f"{source.path.name}.")
+                              and p.name[len(source.path.name) + 1:].isdigit()),
     }
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import ExportError
+from .errors import ExportError, shown
 
 SIG_PREFIX = "//sig/"
 PRETRAINED_PREFIX = "//pretrained/"
 _RANK_SHARD = re.compile(r"^(?P<base>.+\.th)\.(?P<rank>\d+)$")
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,13 @@ def resolve_signature(sig: str, dora_dir: Optional[str | Path], epoch: Optional[
                       ) -> CheckpointSource:
     """Resolve ``<dora_dir>/xps/<sig>``; dora_dir defaults to ``$AUDIOCRAFT_DORA_DIR``."""
     sig = sig[len(SIG_PREFIX):] if sig.startswith(SIG_PREFIX) else sig
+    if not _SIGNATURE.fullmatch(sig):  # it may come from a checkpoint's xp.cfg: no "../"
+        raise ExportError(f"{shown(sig)} is not an XP signature (letters, digits, '_' and '-')")
     root = Path(dora_dir).expanduser() if dora_dir else default_dora_dir()
     if root is None:
-        raise ExportError(f"cannot resolve XP signature {sig!r}: set input.dora_dir "
+        raise ExportError(f"cannot resolve XP signature {shown(sig)}: set input.dora_dir "
                           "or AUDIOCRAFT_DORA_DIR to the folder holding xps/")
     xp_dir = root / "xps" / sig
     if not xp_dir.is_dir():
-        raise ExportError(f"no XP {sig!r} in {root / 'xps'}")
+        raise ExportError(f"no XP {shown(sig)} in {root / 'xps'}")
     return resolve_checkpoint(xp_dir, epoch)

@@ -376,6 +376,19 @@ def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrid
             assert b"hunter2-secret" not in file.read_bytes(), file
 
 
+def test_a_tokenizer_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicgen_ckpt):
+    """//sig/<sig> comes from the checkpoint: "../" would bundle any checkpoint.th on this
+    machine into a release its user then shares."""
+    elsewhere = tmp_path / "private" / "checkpoint.th"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"not to be read")
+    path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(
+        compression_model_checkpoint="//sig/../../private"))
+    rejected(tmp_path, *input_args(path),
+             message=r"cannot resolve the tokenizer //sig/../../private: '../../private' is not "
+                     r"an XP signature \(letters, digits, '_' and '-'\)$")
+
+
 def test_env_interpolations_are_published_unresolved(tmp_path, musicgen_ckpt):
     """validate=none publishes the config as written: the variable, never its value."""
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**{
