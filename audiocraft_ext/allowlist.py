@@ -5,8 +5,10 @@ enough: ``torch.Tensor(n)`` hands out uninitialised memory, ``dict(config)`` res
 config's ``${oc.env:...}`` interpolations, a numpy dtype's pickled state can forge an object
 pointer. So every admitted global resolves to a small function of ours that accepts only the
 argument types and values that real AudioCraft/flashy/Dora checkpoints use, and builds plain
-values from them. Names are looked up after Python 2 names are mapped to Python 3 ones, as
-pickle itself does.
+values from them. The pickle's BUILD opcode (set attributes of an object) is refused on
+everything it gets from here: on a checked tensor view it would move the view after the check,
+on a function or class it would change it for every later load of the process. Names are
+looked up after Python 2 names are mapped to Python 3 ones, as pickle itself does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
     if (module, name) in _compat_pickle.NAME_MAPPING:
         return _compat_pickle.NAME_MAPPING[(module, name)]
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+class _Sealed:
+    """An object a pickle may get but never BUILD upon."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise BadArguments(f"BUILD on {self!r}, which takes no state")
+
+
+class _Allowed(_Sealed):
+    """An admitted global: the checked function of ours that the pickle calls."""
+
+    __slots__ = ("func", "qualname")
+
+    def __init__(self, func: Callable[..., Any], qualname: str) -> None:
+        self.func, self.qualname = func, qualname
+
+    def __call__(self, *args: Any) -> Any:
+        return self.func(*args)
+
+    def __repr__(self) -> str:
+        return self.qualname
 
 
 def _refuse(what: str, *args: Any) -> BadArguments:
@@ -89,7 +115,6 @@ _BUILTINS = {name: _container(cls) for name, cls in (
     ("dict", dict), ("list", list), ("tuple", tuple), ("set", set), ("frozenset", frozenset))}
 _BUILTINS.update({name: _scalar(cls) for name, cls in (
     ("int", int), ("float", float), ("bool", bool), ("str", str))})
-_DEFAULT_FACTORIES = {None, *_BUILTINS.values()}
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", *errors: Any) -> bytes:
@@ -106,7 +131,9 @@ def _ordered_dict(*args: Any) -> OrderedDict:
 
 
 def _defaultdict(factory: Any = None, *args: Any) -> collections.defaultdict:
-    if factory not in _DEFAULT_FACTORIES or len(args) > 1 or (args and not _is_plain(args[0])):
+    plain_factory = factory is None or (type(factory) is _Allowed
+                                        and factory.func in _BUILTINS.values())
+    if not plain_factory or len(args) > 1 or (args and not _is_plain(args[0])):
         raise _refuse("collections.defaultdict", factory, *args)
     return collections.defaultdict(factory, *args)
 
@@ -179,15 +206,21 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> bool | int | float | complex:
 
 
 # --- tensors: lazy views of the archive's storages ----------------------------------------
-class TypeToken:
-    """Stands for ``torch.Tensor`` / ``nn.Parameter`` where a pickle names them as the type of
-    a rebuilt tensor; calling it (``torch.Tensor(n)``: uninitialised memory) is refused."""
+class TypeToken(_Sealed):
+    """Stands for a type a pickle names but must not call: ``torch.Tensor`` / ``nn.Parameter``
+    as the type of a rebuilt tensor (``torch.Tensor(n)`` is uninitialised memory), and
+    ``typing.Any`` as a config node's declared type."""
+
+    __slots__ = ("qualname",)
 
     def __init__(self, qualname: str) -> None:
         self.qualname = qualname
 
     def __call__(self, *args: Any) -> Any:
         raise _refuse(self.qualname, *args)
+
+    def __repr__(self) -> str:
+        return self.qualname
 
 
 def _view(storage: Any, offset: Any, size: Any, stride: Any,
@@ -238,13 +271,21 @@ _TENSOR_REBUILDS = {_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _re
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     # how tensor subclasses (nn.Parameter) pickle: func(*args), then as_subclass(new_type)
-    if func not in _TENSOR_REBUILDS or type(new_type) is not TypeToken or type(args) is not tuple:
+    if type(func) is not _Allowed or func.func not in _TENSOR_REBUILDS \
+            or type(new_type) is not TypeToken or type(args) is not tuple:
         raise _refuse("torch._tensor._rebuild_from_type_v2", func, new_type, args)
     return func(*args)
 
 
 # --- OmegaConf objects: recorded as data, never built ------------------------------------
-class PickledConfig:
+class _SealedClass(type):
+    """Classes a pickle may name (to create instances) but not change."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise BadArguments(f"setting {name!r} on {cls.__name__}, which is sealed")
+
+
+class PickledConfig(metaclass=_SealedClass):
     """An OmegaConf object (DictConfig, ListConfig, a node or its metadata) as its pickle
     states it: the class name and the state dict, nothing run.
 
@@ -325,9 +366,12 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     **_TENSOR_TYPES,
-    **_CONFIG_CLASSES,
-    ("typing", "Any"): Any,  # a config node's declared type: named, never called
+    ("typing", "Any"): TypeToken("typing.Any"),  # a config node's declared type
 }
+_RESOLVED: dict[tuple[str, str], Any] = {
+    key: value if isinstance(value, TypeToken) else _Allowed(value, ".".join(key))
+    for key, value in ALLOWED.items()}
+_RESOLVED.update(_CONFIG_CLASSES)
 _TORCH_DTYPES = {name: value for name in dir(torch)
                  if isinstance(value := getattr(torch, name), torch.dtype)}
 _UNTYPED = ("torch.storage", "UntypedStorage")
@@ -340,8 +384,8 @@ def resolve_global(module: str, name: str) -> Any:
     dtype, which only the persistent-id reader accepts.
     """
     key = python3_name(module, name)
-    if key in ALLOWED:
-        return ALLOWED[key]
+    if key in _RESOLVED:
+        return _RESOLVED[key]
     if key[0] == "torch" and key[1] in _TORCH_DTYPES:
         return _TORCH_DTYPES[key[1]]
     if key == _UNTYPED:

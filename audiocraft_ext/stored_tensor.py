@@ -8,6 +8,7 @@ optimizer and EMA states of a multi-GB checkpoint are never read at all.
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -21,8 +22,16 @@ from .archive import CheckpointArchive
 MAX_REPEATED_ELEMENTS = 1 << 24
 
 
+class _NotFromPickles:
+    """Made by the reader from a checked persistent id or view, never restored from a
+    pickle's state: BUILD would move a view or resize a storage after it was checked."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"BUILD on a {type(self).__name__}, which takes no state")
+
+
 @dataclass(eq=False)
-class StoredStorage:
+class StoredStorage(_NotFromPickles):
     """A storage record of the archive: ``numel`` elements of ``dtype`` (uint8 for the
     untyped storages of ``_rebuild_tensor_v3`` tensors)."""
 
@@ -51,7 +60,7 @@ class StoredStorage:
 
 
 @dataclass(eq=False)
-class StoredTensor:
+class StoredTensor(_NotFromPickles):
     """A tensor view (offset, size, stride, in elements of ``dtype``) of a storage that is
     still on disk. ``dtype`` differs from the storage's only for untyped storages."""
 

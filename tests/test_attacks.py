@@ -158,6 +158,37 @@ def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt,
     rejected(tmp_path, *input_args(path), "validate=none", message=message)
 
 
+@pytest.mark.parametrize("target", ["view", "storage", "function", "class", "type-token"])
+def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, target):
+    """BUILD sets attributes: on a checked view it would make it a stride-0 giant, on an
+    allowed function or class it would change it for every later load in the process."""
+    key, numel = _first_storage(musicgen_ckpt)
+    view = c.tensor_v2(c.storage(key, numel), 0, (numel,), (1,))
+    giant = c.dct((c.text("size"), c.tup(c.integer(1 << 40))),
+                  (c.text("stride"), c.tup(c.integer(0))))
+    program = {
+        "view": c.build(view, giant),
+        "storage": c.tensor_v2(c.build(c.storage(key, numel), c.dct((c.text("numel"),
+                                                                    c.integer(1 << 40)))),
+                               0, (numel,), (1,)),
+        # (None, slots) state: setattr, as pickle does it when there is no __setstate__
+        "function": c.build(c.glob("torch", "Size"),
+                            c.tup(c.NONE, c.dct((c.text("func"), c.glob("builtins", "list"))))),
+        "class": c.build(c.glob("omegaconf.dictconfig", "DictConfig"),
+                         c.tup(c.NONE, c.dct((c.text("kind"), c.text("x"))))),
+        "type-token": c.build(c.glob("torch", "Tensor"),
+                              c.tup(c.NONE, c.dct((c.text("qualname"), c.text("x"))))),
+    }[target]
+    place = _as_state_value if target in ("view", "storage") else _in_history
+    path = _crafted(tmp_path, musicgen_ckpt, place, program)
+    message = {"view": "BUILD on a StoredTensor, which takes no state",
+               "storage": "BUILD on a StoredStorage, which takes no state",
+               "function": "BUILD on torch.Size, which takes no state",
+               "class": r"PickledConfig.__setstate__\(\) missing 1 required positional argument",
+               "type-token": "BUILD on torch.Tensor, which takes no state"}[target]
+    rejected(tmp_path, *input_args(path), "validate=load", message=message)
+
+
 def test_injected_names_stay_on_one_short_line(tmp_path, musicgen_ckpt):
     forged = "\n[2026-01-01 00:00:00,000][export_app][ERROR] - forged"
     path = _crafted(tmp_path, musicgen_ckpt, _in_history, c.stack_global(f"os{forged}", "system"))

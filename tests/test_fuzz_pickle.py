@@ -53,7 +53,9 @@ GLOBALS = [
     ("omegaconf.base", "Metadata"), ("typing", "Any"), ("os", "system"),
 ]
 TEXTS = ["storage", "cpu", "model", "0", "1", "f8", "V8", "O", "<", "|", "latin1", "base64",
-         "${oc.env:SECRET}", "${nope}", "_content", "_metadata", "\n[ERROR] forged", "x" * 300]
+         "${oc.env:SECRET}", "${nope}", "_content", "_metadata", "_val", "_parent", "size",
+         "stride", "offset", "storage", "numel", "dtype", "key", "code", "byteorder", "func",
+         "__class__", "__defaults__", "__setstate__", "\n[ERROR] forged", "x" * 300]
 NUMBERS = [0, 1, 2, 3, -1, 31, 32, 257, 1 << 31, 1 << 40, 1 << 63, -(1 << 63), 10 ** 30]
 
 
