@@ -21,14 +21,14 @@ _KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state
 
 
 # Plain dicts only: a DictConfig is a Mapping too, and reading it resolves interpolations.
-def _model_state(pkg: Mapping[str, Any], key: str) -> Optional[StateDict]:
+def _model_state(pkg: Mapping[str, Any], key: str, source: str) -> Optional[StateDict]:
     """The flat state dict under ``key``; None when it is absent or empty."""
     value = pkg.get(key)
     if key == "ema" and isinstance(value, dict):  # ModuleDictEMA: {'state': {'model': ...}}
         value = value.get("state")
     if key != "model" and isinstance(value, dict) and value:
         if "model" not in value:
-            raise ExportError(f"'{key}' has no 'model' entry (it holds "
+            raise ExportError(f"{source}: '{key}' has no 'model' entry (it holds "
                               f"{shown(sorted(map(str, value))[:5], 200)}): not a solver's "
                               "best state")
         value = value["model"]
@@ -59,7 +59,7 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
     choice = StateChoice(choice)
     if choice is StateChoice.auto:
         for key in ("fsdp_best_state", "best_state"):
-            state = _model_state(pkg, key)
+            state = _model_state(pkg, key, source)
             if state is not None:
                 return key, checked_state(state, key, source)
             if key == "fsdp_best_state" and isinstance(pkg.get(key), dict) and pkg[key]:
@@ -75,7 +75,7 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
     if choice is StateChoice.average:
         raise ValueError("state=average spans several checkpoints: see averaging.average_state")
     key = _KEYS[choice]
-    state = _model_state(pkg, key)
+    state = _model_state(pkg, key, source)
     if key == "ema" and key in pkg and pkg[key] is None:
         raise ExportError(f"{source}: state=ema, but EMA was off in this run ('ema' is None; "
                           "optim.ema.use=false); choose state=best or state=last")

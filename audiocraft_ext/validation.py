@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
+from omegaconf.errors import UnsupportedInterpolationType
 
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
@@ -102,13 +103,22 @@ class _Checks:
             entry["error"] = str(exc)
             raise
         except Exception as exc:  # audiocraft's own failures: one line, with the check's name
-            entry["error"] = (_state_dict_mismatch(str(exc))
+            entry["error"] = (_state_dict_mismatch(str(exc)) or _refused_resolver(exc)
                               or f"{type(exc).__name__}: {first_line(exc)}")
             raise ExportError(f"validation '{name}' failed: {entry['error']}") from exc
         finally:
             entry["seconds"] = round(time.perf_counter() - start, 3)
             logger.info("check %-22s %s (%.2fs)", name, "ok" if entry["ok"] else "FAILED",
                         entry["seconds"])
+
+
+def _refused_resolver(exc: Exception) -> Optional[str]:
+    """Say why ``${resolver:...}`` failed: no resolver runs while validating (xp_config)."""
+    found = re.match(r"Unsupported interpolation type (\S+)", str(exc))
+    if not isinstance(exc, UnsupportedInterpolationType) or found is None:
+        return None
+    return (f"xp.cfg uses the resolver {shown(found[1])}, which is never run on the exporting "
+            "machine (it could read its environment); write the value itself into the config")
 
 
 def _state_dict_mismatch(message: str) -> Optional[str]:
