@@ -79,3 +79,18 @@ def test_bad_files_give_one_line_errors(tmp_path, content, message):
     with pytest.raises(ExportError, match=message) as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+def test_numpy_metrics_are_read_as_plain_values(tmp_path):
+    """Histories hold numpy scalars; they come back as the Python values they stand for,
+    decoded without running numpy."""
+    import numpy as np
+
+    path = tmp_path / "metrics.th"
+    metrics = {"ce": np.float64(1.5), "ppl": np.float32(2.25), "half": np.float16(0.5),
+               "step": np.int64(-3), "n": np.uint8(7), "ok": np.bool_(True),
+               "z": np.complex128(1 + 2j)}
+    torch.save({"history": [{"train": metrics}]}, path)
+    got = load_checkpoint(path)["history"][0]["train"]
+    assert got == {k: v.item() for k, v in metrics.items()}
+    assert [type(v) for v in got.values()] == [float, float, float, int, int, bool, complex]
