@@ -102,6 +102,32 @@ def tensor_v2(storage_ref: bytes, offset: int, size: tuple, stride: tuple) -> by
                 call(glob("collections", "OrderedDict")))
 
 
+# --- where a program goes in a real checkpoint ------------------------------------------------
+def in_history(pkg: dict[str, Any], marker: str) -> None:
+    pkg["history"] = [{"train": {"ce": 1.0, "note": marker}}]
+
+
+def as_state_value(pkg: dict[str, Any], marker: str) -> None:
+    pkg["best_state"]["model"]["out_norm.weight"] = marker
+
+
+def as_state_key(pkg: dict[str, Any], marker: str) -> None:
+    state = pkg["best_state"]["model"]
+    state[marker] = state.pop("out_norm.weight")
+
+
+def as_config(pkg: dict[str, Any], marker: str) -> None:
+    pkg["xp.cfg"] = marker
+
+
+def in_optimizer(pkg: dict[str, Any], marker: str) -> None:
+    pkg["optimizer"] = {"state": {0: {"exp_avg": marker}}, "param_groups": []}
+
+
+PLACES = {f.__name__: f for f in (in_history, as_state_value, as_state_key, as_config,
+                                  in_optimizer)}
+
+
 # --- splicing a program into a real checkpoint ------------------------------------------------
 def save_with_marker(pkg: dict[str, Any], place: Callable[[dict[str, Any], str], None]) -> bytes:
     """torch.save bytes of ``pkg`` after ``place(pkg, MARKER)`` put the marker somewhere."""

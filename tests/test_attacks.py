@@ -34,19 +34,6 @@ def _crafted(tmp_path: Path, source: Path, place, program: bytes, **splice) -> P
                                   **splice))
 
 
-def _in_history(pkg, marker):
-    pkg["history"] = [{"train": {"ce": 1.0, "note": marker}}]
-
-
-def _as_state_value(pkg, marker):
-    pkg["best_state"]["model"]["out_norm.weight"] = marker
-
-
-def _as_state_key(pkg, marker):
-    state = pkg["best_state"]["model"]
-    state[marker] = state.pop("out_norm.weight")
-
-
 def _first_storage(source: Path) -> tuple[str, int]:
     """(key, elements) of the storage behind out_norm.weight (float16) in ``source``."""
     tensor = load_checkpoint(source)["best_state"]["model"]["out_norm.weight"]
@@ -107,7 +94,7 @@ PROGRAMS = {
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
     program, message = PROGRAMS[name]
-    place = _as_state_value if name.startswith("torch") or "Tensor" in name else _in_history
+    place = c.as_state_value if name.startswith("torch") or "Tensor" in name else c.in_history
     path = _crafted(tmp_path, musicgen_ckpt, place, program)
     rejected(tmp_path, *input_args(path), f"mode={mode}", message=message,
              env=app_env(SECRET="hunter2"))
@@ -115,7 +102,7 @@ def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
 
 def test_deep_nesting_is_refused_before_it_is_built(tmp_path, musicgen_ckpt):
     """A 300,000-deep tuple as a state key: the C unpickler would hash it by recursion."""
-    path = _crafted(tmp_path, musicgen_ckpt, _as_state_key,
+    path = _crafted(tmp_path, musicgen_ckpt, c.as_state_key,
                     c.integer(0) + b"\x85" * 300_000)  # TUPLE1, over and over
     for mode in ("export", "inspect"):
         rejected(tmp_path, *input_args(path), f"mode={mode}",
@@ -154,7 +141,7 @@ def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt,
         "storage-type-not-a-storage": c.tensor_v2(
             c.storage(key, numel, "int", module="builtins"), 0, (1,), (1,)),
     }[view]
-    path = _crafted(tmp_path, musicgen_ckpt, _as_state_value, program)
+    path = _crafted(tmp_path, musicgen_ckpt, c.as_state_value, program)
     rejected(tmp_path, *input_args(path), "validate=none", message=message)
 
 
@@ -179,7 +166,7 @@ def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, ta
         "type-token": c.build(c.glob("torch", "Tensor"),
                               c.tup(c.NONE, c.dct((c.text("qualname"), c.text("x"))))),
     }[target]
-    place = _as_state_value if target in ("view", "storage") else _in_history
+    place = c.as_state_value if target in ("view", "storage") else c.in_history
     path = _crafted(tmp_path, musicgen_ckpt, place, program)
     message = {"view": "BUILD on a StoredTensor, which takes no state",
                "storage": "BUILD on a StoredStorage, which takes no state",
@@ -191,11 +178,11 @@ def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, ta
 
 def test_injected_names_stay_on_one_short_line(tmp_path, musicgen_ckpt):
     forged = "\n[2026-01-01 00:00:00,000][export_app][ERROR] - forged"
-    path = _crafted(tmp_path, musicgen_ckpt, _in_history, c.stack_global(f"os{forged}", "system"))
+    path = _crafted(tmp_path, musicgen_ckpt, c.in_history, c.stack_global(f"os{forged}", "system"))
     rejected(tmp_path, *input_args(path),
              message=r"it references os\\n\[2026-01-01 00:00:00,000\]\[export_app\]\[ERROR\] - "
                      r"forged.system, which is not allowed")
-    path = _crafted(tmp_path / "long", musicgen_ckpt, _in_history,
+    path = _crafted(tmp_path / "long", musicgen_ckpt, c.in_history,
                     c.stack_global("m" * 200_000, "f"))
     proc = run_app(*input_args(path), f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     assert proc.returncode == 1

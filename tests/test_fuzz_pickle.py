@@ -59,26 +59,6 @@ TEXTS = ["storage", "cpu", "model", "0", "1", "f8", "V8", "O", "<", "|", "latin1
 NUMBERS = [0, 1, 2, 3, -1, 31, 32, 257, 1 << 31, 1 << 40, 1 << 63, -(1 << 63), 10 ** 30]
 
 
-def _placements() -> dict:
-    def history(pkg, m):
-        pkg["history"] = [{"train": {"ce": 1.0, "note": m}}]
-
-    def state_value(pkg, m):
-        pkg["best_state"]["model"]["out_norm.weight"] = m
-
-    def state_key(pkg, m):
-        s = pkg["best_state"]["model"]
-        s[m] = s.pop("out_norm.weight")
-
-    def config(pkg, m):
-        pkg["xp.cfg"] = m
-
-    def optimizer(pkg, m):
-        pkg["optimizer"] = {"state": {0: {"exp_avg": m}}, "param_groups": []}
-
-    return {f.__name__: f for f in (history, state_value, state_key, config, optimizer)}
-
-
 class _Templates(dict):
     def __repr__(self) -> str:  # hypothesis reports the test's arguments: not megabytes
         return f"<templates {sorted(self)}>"
@@ -88,7 +68,7 @@ class _Templates(dict):
 def templates(musicgen_ckpt) -> dict[str, bytes]:
     """A real checkpoint (without its EMA, to keep cases small) with the marker at each place."""
     out = _Templates()
-    for name, place in _placements().items():
+    for name, place in c.PLACES.items():
         pkg = torch_load(musicgen_ckpt)
         pkg.pop("ema", None)
         out[name] = c.save_with_marker(pkg, place)
