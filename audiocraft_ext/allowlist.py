@@ -81,6 +81,7 @@ def _refuse(what: str, *args: Any) -> BadArguments:
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset,
           OrderedDict, collections.defaultdict)
 _SCALARS = (bool, int, float, str)
+_TEXT_ENCODINGS = ("utf-8", "utf8", "ascii", "latin1", "latin-1")  # no codec lookup by name
 
 
 def _is_plain(value: Any) -> bool:
@@ -103,7 +104,8 @@ def _scalar(cls: type) -> Callable[..., Any]:
         if cls is int and len(args) == 2:  # int("ff", 16)
             ok = type(args[0]) is str and type(args[1]) is int
         if cls is str and len(args) in (2, 3):  # str(b"...", "utf-8"[, "strict"])
-            ok = type(args[0]) is bytes and all(type(a) is str for a in args[1:])
+            ok = type(args[0]) is bytes and args[1] in _TEXT_ENCODINGS \
+                and args[2:] in ((), ("strict",))
         if not ok:
             raise _refuse(f"builtins.{cls.__name__}", *args)
         return cls(*args)
