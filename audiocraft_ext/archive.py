@@ -49,8 +49,15 @@ class CheckpointArchive:
         return self.prefix + record in self._zip.NameToInfo
 
     def record_size(self, record: str) -> int | None:
-        """The size of ``record``, or None when the archive has no such record."""
+        """The size of ``record``, or None when the archive has no such record.
+
+        Raises ExportError for a compressed record: torch.save stores records as they are, and
+        a compressed one can declare any size (a few kilobytes inflating to terabytes).
+        """
         info = self._zip.NameToInfo.get(self.prefix + record)
+        if info is not None and info.compress_type != zipfile.ZIP_STORED:
+            raise ExportError(f"{self.path}: its record {shown(record)} is compressed; torch "
+                              "checkpoints store records uncompressed (was it re-zipped?)")
         return None if info is None else info.file_size
 
     @contextmanager
@@ -76,6 +83,10 @@ class CheckpointArchive:
 
     def read_bytes(self, record: str) -> bytes:
         """A whole small record (``data.pkl``, ``byteorder``), CRC-checked."""
+        size = self.record_size(record)
+        if size is not None and size > os.fstat(self._file.fileno()).st_size:
+            raise ExportError(f"{self.path} is damaged: its record {shown(record)} claims "
+                              f"{size} bytes, more than the file holds")
         with self._reading(record):
             return self._zip.read(self.prefix + record)
 
@@ -89,10 +100,7 @@ class CheckpointArchive:
                 raise ExportError(f"{self.path} is damaged: its record {shown(record)} holds "
                                   f"{info.file_size} bytes, its tensor needs {nbytes}")
             view = memoryview(out.numpy()).cast("B") if nbytes else memoryview(b"")
-            if info.compress_type == zipfile.ZIP_STORED:
-                crc = self._pread_into(self._data_offset(info), view)
-            else:  # not torch.save's layout, but a valid zip: zipfile inflates it
-                crc = self._stream_into(info, view)
+            crc = self._pread_into(self._data_offset(info), view)
             if crc != info.CRC:
                 self.check_unchanged()
                 raise ExportError(f"{self.path} is damaged: its record {shown(record)} does "
@@ -108,17 +116,6 @@ class CheckpointArchive:
                 raise EOFError("the file ends inside this record")
             crc = zlib.crc32(chunk[:n], crc)
             done += n
-        return crc
-
-    def _stream_into(self, info: zipfile.ZipInfo, view: memoryview) -> int:
-        crc, done = 0, 0
-        with self._zip.open(info) as f:
-            while done < len(view):
-                n = f.readinto(view[done:done + _CHUNK])
-                if not n:
-                    raise EOFError("record ends early")
-                crc = zlib.crc32(view[done:done + n], crc)
-                done += n
         return crc
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:

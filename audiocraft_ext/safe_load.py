@@ -5,7 +5,9 @@ A checkpoint is a pickle, and a pickle can call any importable function. Instead
 extended on torch 2.1), checkpoints are read with a restricted ``Unpickler`` whose globals
 resolve through :mod:`.allowlist` (each admitted callable checks its arguments), after a scan
 of the pickle's opcodes bounds its nesting (the C unpickler hashes a 300,000-deep tuple by
-recursion, and dies). Tensors come back as :class:`StoredTensor` (read on demand).
+recursion, and dies) and its memo indices (the C unpickler sizes its memo to the largest index
+it is given: one opcode asking for slot 2^31 would make it touch gigabytes). Tensors come back
+as :class:`StoredTensor` (read on demand).
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ class _Unpickler(pickle.Unpickler):
         return StoredStorage(self.archive, key, dtype, numel)
 
 
-def check_nesting(data: bytes, limit: int = MAX_NESTING) -> None:
+def check_opcodes(data: bytes, limit: int = MAX_NESTING) -> None:
     """Raise ``pickle.UnpicklingError`` if the pickle builds objects nested deeper than
-    ``limit``, before anything is built.
+    ``limit`` or uses a memo index beyond its own size, before anything is built.
 
     Simulates the unpickler's stack with each item's nesting depth. Exact for tuples and
     frozensets (immutable: the ones C code hashes by recursion); containers filled later
@@ -96,6 +98,8 @@ def check_nesting(data: bytes, limit: int = MAX_NESTING) -> None:
             depth = 1 + max(items)
             stack.append(max(below[0], depth) if below else depth)
         elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            if not 0 <= arg <= len(data):  # a real pickle memoizes at most one object per op
+                raise pickle.UnpicklingError(f"memo index {arg} in a pickle of {len(data)} bytes")
             memo[arg] = stack[-1] if stack else 0
         elif op.name == "MEMOIZE":
             memo[len(memo)] = stack[-1] if stack else 0
@@ -149,7 +153,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     archive = CheckpointArchive(path)
     data = archive.read_bytes("data.pkl")
     try:
-        check_nesting(data)
+        check_opcodes(data)
         return _Unpickler(data, archive, trust).load()
     except RefusedGlobal as exc:
         raise UnsafeCheckpointError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,24 @@ def test_deep_nesting_is_refused_before_it_is_built(tmp_path, musicgen_ckpt):
         rejected(tmp_path, *input_args(path), f"mode={mode}",
                  message=r"is not a readable torch checkpoint: objects nested more than 200 "
                          r"levels deep$")
+
+
+def test_memory_bombs_are_refused_before_anything_is_built(tmp_path, musicgen_ckpt):
+    """A 1 kB file must not cost gigabytes: a memo slot at 2^31 (the C unpickler sizes and
+    clears its memo up to the largest index), a compressed record inflating past the file."""
+    path = _crafted(tmp_path, musicgen_ckpt, c.in_history,
+                    c.integer(1) + b"r" + (2**31 - 1).to_bytes(4, "little"))  # LONG_BINPUT
+    with pytest.raises(ExportError, match=r"is not a readable torch checkpoint: memo index "
+                                          r"2147483647 in a pickle of \d+ bytes$"):
+        load_checkpoint(path)
+    zipped = tmp_path / "rezipped.th"
+    with zipfile.ZipFile(musicgen_ckpt) as src, \
+            zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(ExportError, match=r"rezipped.th: its record 'byteorder' is compressed; "
+                                          r"torch checkpoints store records uncompressed"):
+        load_checkpoint(zipped)
 
 
 @pytest.mark.parametrize("view, message", [
