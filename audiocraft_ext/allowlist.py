@@ -336,7 +336,8 @@ def config_data(value: Any) -> Any:
                 return [config_data(v) for v in content]
             if content is None or type(content) is str:  # null, "???" or "${...}"
                 return content
-        elif value.kind.endswith("Node") and type(value.state.get("_val")) in _CONFIG_VALUES:
+        elif value.kind.endswith("Node") and "_val" in value.state \
+                and type(value.state["_val"]) in _CONFIG_VALUES:
             return value.state["_val"]
         raise ValueError(f"a {value.kind} without a value")
     if type(value) in _CONFIG_VALUES:

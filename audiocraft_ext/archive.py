@@ -36,7 +36,8 @@ class CheckpointArchive:
             self._zip = zipfile.ZipFile(self._file)
             pickles = [n for n in self._zip.namelist() if n.count("/") == 1
                        and n.endswith("/data.pkl")]
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        # only zipfile runs here, and a damaged zip directory fails it in many ways
+        except Exception as exc:  # noqa: BLE001
             raise ExportError(f"{path} is a damaged checkpoint archive: {first_line(exc)}"
                               ) from exc
         if len(pickles) != 1:
@@ -68,7 +69,7 @@ class CheckpointArchive:
             yield
         except ExportError:
             raise
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, KeyError,
                 zlib.error, struct.error) as exc:
             self.check_unchanged()
             raise ExportError(f"{self.path} is damaged: cannot read its record {shown(record)}: "

@@ -101,6 +101,17 @@ def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
              env=app_env(SECRET="hunter2"))
 
 
+def test_a_config_node_without_a_value(tmp_path, musicgen_ckpt):
+    """Found by the byte-mutation fuzzer: a config node whose state lost its value."""
+    node = c.build(c.newobj(c.glob("omegaconf.nodes", "AnyNode")),
+                   c.dct((c.text("_metadata"), c.NONE)))
+    cfg = c.build(c.newobj(c.glob("omegaconf.dictconfig", "DictConfig")),
+                  c.dct((c.text("_content"), c.dct((c.text("solver"), node)))))
+    path = _crafted(tmp_path, musicgen_ckpt, c.as_config, cfg)
+    rejected(tmp_path, *input_args(path),
+             message=r"checkpoint.th: its xp.cfg is damaged \(a AnyNode without a value\)$")
+
+
 def test_deep_nesting_is_refused_before_it_is_built(tmp_path, musicgen_ckpt):
     """A 300,000-deep tuple as a state key: the C unpickler would hash it by recursion."""
     path = _crafted(tmp_path, musicgen_ckpt, c.as_state_key,
