@@ -9,7 +9,9 @@ from typing import Any, Mapping, Optional
 from .config import StateChoice
 from .errors import ExportError, shown
 from .safe_load import load_checkpoint
-from .stored_tensor import TensorLike, is_tensor
+from .stored_tensor import StoredTensor, TensorLike, is_tensor
+
+MAX_REPEATED_BYTES = 64 << 20  # what repeating views may add to a state, beyond 2x its storages
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
 
 
 def checked_state(state: StateDict, key: str, source: str) -> StateDict:
-    """``state``, once every entry is a parameter name and a tensor."""
+    """``state``, once every entry is a parameter name and a tensor, and its tensors do not
+    stand for far more bytes than their storages hold."""
     for name, value in state.items():
         if type(name) is not str:
             raise ExportError(f"{source}: '{key}' is not a model state dict (it has a key of "
@@ -94,4 +97,14 @@ def checked_state(state: StateDict, key: str, source: str) -> StateDict:
         if not is_tensor(value):
             raise ExportError(f"{source}: '{key}' is not a model state dict ({shown(name)} is "
                               f"a {shown(type(value).__name__)}, not a tensor)")
+    # Each view is bounded by its storage (allowlist), but many views of one storage are not:
+    # 10^6 views of 2^24 repeated elements make every comparison walk 10^13 elements.
+    logical = sum(v.numel() * v.element_size() for v in state.values())
+    storages = {id(v.storage): v.storage.nbytes for v in state.values()
+                if isinstance(v, StoredTensor)}
+    stored = sum(storages.values()) + sum(v.numel() * v.element_size() for v in state.values()
+                                          if not isinstance(v, StoredTensor))
+    if logical > 2 * stored + MAX_REPEATED_BYTES:
+        raise ExportError(f"{source}: the tensors of '{key}' stand for {logical} bytes but their "
+                          f"storages hold {stored}: views that repeat their storages; refusing")
     return state

@@ -116,6 +116,10 @@ def as_state_key(pkg: dict[str, Any], marker: str) -> None:
     state[marker] = state.pop("out_norm.weight")
 
 
+def as_state(pkg: dict[str, Any], marker: str) -> None:
+    pkg["best_state"]["model"] = marker
+
+
 def as_config(pkg: dict[str, Any], marker: str) -> None:
     pkg["xp.cfg"] = marker
 

@@ -206,6 +206,16 @@ def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, ta
     rejected(tmp_path, *input_args(path), "validate=load", message=message)
 
 
+def test_many_repeating_views_of_one_storage(tmp_path, musicgen_ckpt):
+    """Each view within the per-view bound, together 6.7 GB read from 64 bytes."""
+    many = c.dct(*((c.text(f"w{i}"), c.tensor_v2(c.storage("9999", 32), 0, (1 << 24,), (0,)))
+                   for i in range(200)))
+    path = _crafted(tmp_path, musicgen_ckpt, c.as_state, many, extra={"9999": bytes(64)})
+    rejected(tmp_path, *input_args(path), "validate=load",
+             message=r"checkpoint.th: the tensors of 'best_state' stand for 6710886400 bytes but "
+                     r"their storages hold 64: views that repeat their storages; refusing$")
+
+
 def test_injected_names_stay_on_one_short_line(tmp_path, musicgen_ckpt):
     forged = "\n[2026-01-01 00:00:00,000][export_app][ERROR] - forged"
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, c.stack_global(f"os{forged}", "system"))
