@@ -20,8 +20,6 @@ from omegaconf.errors import OmegaConfBaseException
 from .allowlist import PickledConfig, config_data
 from .errors import ExportError, first_line, shown
 
-_ABSENT = object()
-
 
 def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
     """The checkpoint's ``xp.cfg`` as a fresh config made from its plain data: no flags, no
