@@ -11,6 +11,7 @@ from .averaging import epoch_checkpoints
 from .config import StateChoice
 from .errors import ExportError, shown
 from .manifest import file_facts, state_facts
+from .safe_load import MAX_NESTING
 from .sources import CheckpointSource
 from .states import load_solver_checkpoint, select_state, xp_signature
 from .xp_config import raw_value, xp_config
@@ -61,14 +62,18 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
     }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready metrics. Only plain containers are walked: reading a DictConfig resolves its
-    interpolations, and anything else from the file is named by its type, not rendered."""
+def _plain(value: Any, depth: int = 0) -> Any:
+    """JSON-ready metrics. Only plain containers are walked, and no deeper than the pickle scan
+    allows (lists filled through the memo can nest further than the scan sees): reading a
+    DictConfig resolves its interpolations, and anything else from the file is named by its
+    type, not rendered."""
+    if depth > MAX_NESTING:
+        return f"<nested deeper than {MAX_NESTING}>"
     if isinstance(value, dict):
-        return {shown(k, 80) if not isinstance(k, str) else k: _plain(v)
+        return {shown(k, 80) if not isinstance(k, str) else k: _plain(v, depth + 1)
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth + 1) for v in value]
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     return f"<{type(value).__name__}>"

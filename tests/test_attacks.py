@@ -140,6 +140,20 @@ def test_memory_bombs_are_refused_before_anything_is_built(tmp_path, musicgen_ck
         load_checkpoint(zipped)
 
 
+def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
+    """5,000 lists, each appended into the previous one after all were built: the opcode scan
+    sees depth 1, inspection must still not recurse past its bound."""
+    n = 5000
+    put = [b"r" + (100_000 + i).to_bytes(4, "little") for i in range(n)]  # LONG_BINPUT
+    get = [b"j" + (100_000 + i).to_bytes(4, "little") for i in range(n)]  # LONG_BINGET
+    program = b"".join(c.lst() + put[i] + b"0" for i in range(n))  # build, memoize, pop
+    program += b"".join(get[i] + get[i + 1] + b"a0" for i in range(n - 1)) + get[0]
+    path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
+    proc = run_app("mode=inspect", *input_args(path), f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path, check=True)
+    assert proc.stdout.startswith("checkpoint ") and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("view, message", [
     ("past-the-end", r"reaches element \d+ of a storage of \d+ elements \(size, stride or offset "
                      r"outside the storage\)$"),
