@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import inspect
 import pickle
 import struct
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .errors import MAX_SHOWN, one_line
-from .stored_tensor import StoredStorage, StoredTensor, view_problem
+from .lazy_tensors import StoredStorage, StoredTensor, view_problem
 
 MAX_DIMS = 64
 
@@ -60,12 +62,19 @@ class _Sealed:
 class _Allowed(_Sealed):
     """An admitted global: the checked function of ours that the pickle calls."""
 
-    __slots__ = ("func", "qualname")
+    __slots__ = ("func", "qualname", "signature")
 
     def __init__(self, func: Callable[..., Any], qualname: str) -> None:
         self.func, self.qualname = func, qualname
+        self.signature = inspect.signature(func)
 
     def __call__(self, *args: Any) -> Any:
+        # A wrong number of arguments is the file's fault; anything raised inside the checked
+        # function past its own checks is ours, and must not read as a damaged file.
+        try:
+            self.signature.bind(*args)
+        except TypeError as exc:
+            raise BadArguments(f"{self.qualname} with {len(args)} arguments: {exc}") from exc
         return self.func(*args)
 
     def __repr__(self) -> str:
@@ -89,11 +98,20 @@ def _is_plain(value: Any) -> bool:
     return type(value) in _PLAIN
 
 
+def _plain_call(what: str, func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)`` for a builtin given plain values, whose failures (``list(5)``,
+    ``int("x")``, an unhashable set item) are then the file's, not ours."""
+    try:
+        return func(*args)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadArguments(f"{what}: {one_line(str(exc), MAX_SHOWN)}") from exc
+
+
 def _container(cls: type) -> Callable[..., Any]:
     def build(*args: Any) -> Any:
         if len(args) > 1 or (args and not _is_plain(args[0])):
             raise _refuse(f"builtins.{cls.__name__}", *args)
-        return cls(*args)
+        return _plain_call(f"builtins.{cls.__name__}", cls, *args)
     build.__qualname__ = f"safe_{cls.__name__}"
     return build
 
@@ -108,7 +126,7 @@ def _scalar(cls: type) -> Callable[..., Any]:
                 and args[2:] in ((), ("strict",))
         if not ok:
             raise _refuse(f"builtins.{cls.__name__}", *args)
-        return cls(*args)
+        return _plain_call(f"builtins.{cls.__name__}", cls, *args)
     build.__qualname__ = f"safe_{cls.__name__}"
     return build
 
@@ -123,13 +141,13 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", *errors: Any) -> bytes:
     # protocol 2 spells a bytes literal as _codecs.encode(str, "latin1")
     if type(text) is not str or encoding not in ("latin1", "latin-1") or errors:
         raise _refuse("_codecs.encode", text, encoding, *errors)
-    return text.encode("latin1")
+    return _plain_call("_codecs.encode", text.encode, "latin1")
 
 
 def _ordered_dict(*args: Any) -> OrderedDict:
     if len(args) > 1 or (args and not _is_plain(args[0])):
         raise _refuse("collections.OrderedDict", *args)
-    return OrderedDict(*args)
+    return _plain_call("collections.OrderedDict", OrderedDict, *args)
 
 
 def _defaultdict(factory: Any = None, *args: Any) -> collections.defaultdict:
@@ -137,7 +155,7 @@ def _defaultdict(factory: Any = None, *args: Any) -> collections.defaultdict:
                                         and factory.func in _BUILTINS.values())
     if not plain_factory or len(args) > 1 or (args and not _is_plain(args[0])):
         raise _refuse("collections.defaultdict", factory, *args)
-    return collections.defaultdict(factory, *args)
+    return _plain_call("collections.defaultdict", collections.defaultdict, factory, *args)
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -159,7 +177,7 @@ def _torch_device(*args: Any) -> torch.device:
         raise _refuse("torch.device", *args)
     try:
         return torch.device(*args)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:  # torch.device(0, 0), ("cuda:x")
         raise BadArguments(f"torch.device: {one_line(str(exc), MAX_SHOWN)}") from exc
 
 
@@ -226,7 +244,7 @@ class TypeToken(_Sealed):
 
 
 def _view(storage: Any, offset: Any, size: Any, stride: Any,
-          dtype: Optional[torch.dtype] = None) -> StoredTensor:
+          dtype: torch.dtype | None = None) -> StoredTensor:
     if type(storage) is not StoredStorage:
         raise BadArguments(f"a tensor is rebuilt from a {one_line(type(storage).__name__, 40)}, "
                            "not from a storage of the archive")

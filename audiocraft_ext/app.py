@@ -7,57 +7,35 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from .config import CheckpointInput, DemoInput, ExportConfig, InputConfig, Mode, XPInput
+from .config import ExportConfig, Mode
 from .errors import ExportError, first_line
 from .exporter import ExportResult, export_release
-from .release import COMPRESSION_FILE, CONFIG_FILE, LM_FILE
-from .sources import CheckpointSource, resolve_checkpoint, resolve_signature
+from .release import CONFIG_FILE
+from .sources import resolve_input
+from .sweep_summary import JOB_RECORD
 
 logger = logging.getLogger(__name__)
 
-
-def resolve_input(spec: InputConfig) -> CheckpointSource:
-    """The checkpoint an ``input`` option designates (writing the demo XPs first for ``demo``)."""
-    if isinstance(spec, DemoInput):
-        from .demo import write_demo_xps
-
-        logger.info("input=demo: writing a tiny MusicGen XP and its EnCodec XP to %s",
-                    spec.dora_dir)
-        return resolve_checkpoint(write_demo_xps(spec.dora_dir))
-    if isinstance(spec, CheckpointInput):
-        return resolve_checkpoint(spec.path)
-    if isinstance(spec, XPInput):
-        if spec.path and spec.sig:
-            raise ExportError("input=xp takes input.sig=SIG or input.path=XP_FOLDER, not both")
-        if spec.path:
-            return resolve_checkpoint(spec.path, spec.epoch)
-        if spec.sig:
-            return resolve_signature(spec.sig, spec.dora_dir, spec.epoch)
-        raise ExportError("input=xp needs input.sig=SIG (with input.dora_dir=DIR or "
-                          "AUDIOCRAFT_DORA_DIR) or input.path=XP_FOLDER")
-    raise TypeError(f"unknown input {spec!r}")
-
-
-JOB_RECORD = "export_result.json"  # per job, in its Hydra output dir; read by SweepSummary
 
 # the config groups of conf/export.yaml, in their defaults-list order
 GROUPS = ("input", "state", "compression", "output", "validate")
 
 
-def run_job(cfg: DictConfig) -> Optional[ExportResult]:
+def run_job(cfg: DictConfig) -> ExportResult | None:
     """One Hydra job: export, log, and leave a record of the outcome for the sweep summary.
 
     In a single run an ExportError propagates (the app exits 1); in a multirun it is
     recorded instead, so that one bad checkpoint does not stop the sweep.
     """
     started = time.perf_counter()
-    record: dict[str, Any] = {"job": HydraConfig.get().job.get("num"),
+    hydra_cfg = cast(DictConfig, HydraConfig.get())  # typed as its schema, a DictConfig
+    record: dict[str, Any] = {"job": OmegaConf.select(hydra_cfg, "job.num", default=None),
                               "overrides": list(HydraConfig.get().overrides.task)}
     result = None
     try:
@@ -81,28 +59,27 @@ def run_job(cfg: DictConfig) -> Optional[ExportResult]:
 
 def _result_facts(result: ExportResult) -> dict[str, Any]:
     m = result.manifest
-    v = m["validation"]
-    main = m["files"].get(LM_FILE) or m["files"][COMPRESSION_FILE]  # EnCodec-only releases
-    return {"source": m["source"]["path"], "release": str(result.release_dir),
-            "state": m["state"]["key"], "bytes": main["bytes"], "sha256": main["sha256"],
-            "validation": f"{v['level']}: ok" if v["checks"] else v["level"]}
+    _, main = m.main_file()
+    return {"source": m.source.path, "release": str(result.release_dir), "state": m.state.key,
+            "bytes": main.bytes, "sha256": main.sha256,
+            "validation": m.validation.passed if m.validation else "none"}
 
 
 def rerunnable_config(cfg: DictConfig) -> DictConfig:
     """The composed config as a primary config: the chosen options plus every value."""
     choices = HydraConfig.get().runtime.choices
-    values = OmegaConf.to_container(cfg, resolve=True)
+    values = _plain_config(cfg)
     defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), "_self_"]
     return OmegaConf.create({"defaults": defaults, **values})
 
 
-def run(cfg: DictConfig) -> Optional[ExportResult]:
+def run(cfg: DictConfig) -> ExportResult | None:
     """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates."""
     try:
         spec: ExportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except MissingMandatoryValue as exc:
         raise ExportError(f"{exc.full_key} is required: add {exc.full_key}=... to the command"
-                          ) from None
+                          ) from exc
     source = resolve_input(spec.input)
     if spec.mode is Mode.inspect:
         from .inspection import format_inspection, inspect_checkpoint
@@ -115,24 +92,29 @@ def run(cfg: DictConfig) -> Optional[ExportResult]:
     result = export_release(
         source, out_dir, state=spec.state, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
-        trust=spec.input.trust, config=OmegaConf.to_container(cfg, resolve=True),
+        trust=spec.input.trust, config=_plain_config(cfg),
         extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg))})
     _log_summary(result)
     return result
 
 
+def _plain_config(cfg: DictConfig) -> dict[str, Any]:
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)  # the composed config is a DictConfig
+    return {str(k): v for k, v in values.items()}
+
+
 def _log_summary(result: ExportResult) -> None:
     m = result.manifest
-    logger.info("source  %s", m["source"]["path"])
-    logger.info("state   %s: %d tensors, %d parameters, %s", m["state"]["key"],
-                m["state"]["tensors"], m["state"]["parameters"],
-                ", ".join(f"{n} x {d}" for d, n in m["state"]["dtypes"].items()))
-    tokenizer = m["compression"]
-    logger.info("tokenizer %s", tokenizer["reference"] if tokenizer else "none")
-    for name, facts in m["files"].items():
-        logger.info("file    %s  %d bytes  sha256 %s", name, facts["bytes"], facts["sha256"][:16])
-    v = m["validation"]
-    checks = ", ".join(f"{c['check']} {'ok' if c['ok'] else 'FAILED'}" for c in v["checks"])
-    logger.info("validate=%s: %s%s", v["level"], checks or "nothing checked",
-                "".join(f"; skipped {s}" for s in v["skipped"]))
+    logger.info("source  %s", m.source.path)
+    logger.info("state   %s: %d tensors, %d parameters, %s", m.state.key, m.state.tensors,
+                m.state.parameters, ", ".join(f"{n} x {d}" for d, n in m.state.dtypes.items()))
+    logger.info("compression model %s", m.compression.reference if m.compression else "none")
+    for name, facts in m.files.items():
+        logger.info("file    %s  %d bytes  sha256 %s", name, facts.bytes, facts.sha256[:16])
+    if m.validation is not None:
+        v = m.validation
+        checks = ", ".join(f"{c['check']} {'ok' if c['ok'] else 'FAILED'}" for c in v.checks)
+        logger.info("validate=%s: %s%s", v.level, checks or "nothing checked",
+                    "".join(f"; skipped {s}" for s in v.skipped))
     logger.info("release %s", result.release_dir)

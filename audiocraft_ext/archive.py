@@ -11,9 +11,9 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -100,7 +100,7 @@ class CheckpointArchive:
             if info.file_size != nbytes:
                 raise ExportError(f"{self.path} is damaged: its record {shown(record)} holds "
                                   f"{info.file_size} bytes, its tensor needs {nbytes}")
-            view = memoryview(out.numpy()).cast("B") if nbytes else memoryview(b"")
+            view = out.numpy().data.cast("B") if nbytes else memoryview(b"")
             crc = self._pread_into(self._data_offset(info), view)
             if crc != info.CRC:
                 self.check_unchanged()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .config import StateChoice
 from .errors import ExportError
+from .lazy_tensors import AverageTensor
 from .states import StateDict, load_solver_checkpoint, select_state
-from .stored_tensor import AverageTensor
 
 _EPOCH_FILE = re.compile(r"^checkpoint_(\d+)\.th$")
 
@@ -24,7 +25,7 @@ def epoch_checkpoints(xp_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def average_members(xp_dir: Path, last_k: int, epochs: Optional[Sequence[int]]) -> list[Path]:
+def average_members(xp_dir: Path, last_k: int, epochs: Sequence[int] | None) -> list[Path]:
     """The epoch checkpoints to average: ``epochs`` if given, else the last ``last_k``."""
     available = epoch_checkpoints(xp_dir)
     if epochs:
@@ -54,7 +55,7 @@ def average_state(members: Sequence[Path], of: StateChoice, trust: bool = False,
         states.append(state)
         facts.append({"path": str(path), "key": key})
     first, first_path = states[0], members[0]
-    for state, path in zip(states[1:], members[1:]):
+    for state, path in zip(states[1:], members[1:], strict=True):
         _same_layout(first, first_path, state, path)
     averaged = {k: AverageTensor([s[k] for s in states], v.dtype) if v.is_floating_point()
                 else states[-1][k] for k, v in first.items()}

@@ -1,20 +1,33 @@
-"""Decide and build the tokenizer file (compression_state_dict.bin) that ships with an LM."""
+"""Decide and build the compression model file (compression_state_dict.bin) shipped with an
+LM: AudioCraft's name for the EnCodec tokenizer the LM was trained on."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
-from .config import (AutoCompression, CheckpointCompression, CompressionConfig,
-                     NoCompression, PretrainedCompression, StateChoice)
+from .config import (
+    AutoCompression,
+    CheckpointCompression,
+    CompressionConfig,
+    NoCompression,
+    PretrainedCompression,
+    StateChoice,
+)
 from .errors import ExportError, shown
-from .release import lm_package, pointer_package
-from .sources import (PRETRAINED_PREFIX, SIG_PREFIX, CheckpointSource, default_dora_dir,
-                      resolve_checkpoint, resolve_signature)
+from .release import pointer_package, release_package
+from .sources import (
+    PRETRAINED_PREFIX,
+    SIG_PREFIX,
+    CheckpointSource,
+    default_dora_dir,
+    resolve_checkpoint,
+    resolve_signature,
+)
 from .states import StateDict, checked_state, load_solver_checkpoint, select_state
 from .xp_config import needed_value, xp_config
 
@@ -23,22 +36,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CompressionRelease:
-    """The tokenizer part of a release."""
+    """The compression model part of a release."""
 
     package: dict[str, Any]  # the content of compression_state_dict.bin
     reference: str  # what it was resolved from: //pretrained/NAME, //sig/SIG or a path
-    source: Optional[Path] = None  # the file read, if any
-    state_key: Optional[str] = None  # the checkpoint key exported, for a training checkpoint
-    state: Optional[StateDict] = None  # the exported weights, kept to verify the reload
+    source: Path | None = None  # the file read, if any
+    state_key: str | None = None  # the checkpoint key exported, for a training checkpoint
+    state: StateDict | None = None  # the exported weights, kept to verify the reload
 
     @property
-    def pretrained(self) -> Optional[str]:
+    def pretrained(self) -> str | None:
         return self.package.get("pretrained")
 
 
 def resolve_compression(spec: CompressionConfig, lm_cfg: DictConfig, lm_source: CheckpointSource,
-                        trust: bool = False) -> Optional[CompressionRelease]:
-    """Build the tokenizer file's content for ``spec``; None for ``compression=none``."""
+                        trust: bool = False) -> CompressionRelease | None:
+    """Build the compression model file's content for ``spec``; None for ``compression=none``."""
     if isinstance(spec, NoCompression):
         return None
     if isinstance(spec, PretrainedCompression):
@@ -64,21 +77,22 @@ def _from_reference(ref: str, lm_source: CheckpointSource, trust: bool) -> Compr
         dora_dir = lm_source.dora_dir or default_dora_dir()
         if dora_dir is None:
             raise ExportError(
-                f"the tokenizer is {ref}, but {lm_source.path} is not inside a Dora dir "
+                f"the compression model is {ref}, but {lm_source.path} is not inside a Dora dir "
                 "(<dora_dir>/xps/<sig>/) and AUDIOCRAFT_DORA_DIR is unset; set it, or pass "
                 "compression=checkpoint compression.path=<EnCodec checkpoint>")
         try:
             source = resolve_signature(ref, dora_dir)
         except ExportError as exc:
-            raise ExportError(f"cannot resolve the tokenizer {ref}: {exc}") from None
+            raise ExportError(f"cannot resolve the compression model {ref}: {exc}") from exc
     elif ref.startswith("//"):
-        raise ExportError(f"cannot resolve the tokenizer reference {ref!r} outside the cluster "
-                          "it was trained on; pass compression=checkpoint compression.path=...")
+        raise ExportError(f"cannot resolve the compression model reference {ref!r} outside the "
+                          "cluster it was trained on; pass compression=checkpoint "
+                          "compression.path=...")
     else:
         try:
             source = resolve_checkpoint(ref)
         except ExportError as exc:
-            raise ExportError(f"cannot resolve the tokenizer {ref}: {exc}") from None
+            raise ExportError(f"cannot resolve the compression model {ref}: {exc}") from exc
     return _from_file(source.path, ref, trust)
 
 
@@ -86,14 +100,15 @@ def _from_file(path: Path, ref: str, trust: bool) -> CompressionRelease:
     pkg = load_solver_checkpoint(path, trust=trust)
     if pkg.get("exported") is True:  # already a release file: ship what it holds
         return _from_release_file(pkg, path, ref)
-    source = f"tokenizer checkpoint {path}"
+    source = f"compression model checkpoint {path}"
     cfg = xp_config(pkg, source)
     solver = needed_value(cfg, "solver", source)
     if solver not in (None, "compression"):
         raise ExportError(f"{source} comes from solver {shown(solver)}, not an EnCodec "
                           "(compression) XP")
     key, state = select_state(pkg, StateChoice.auto, source=source)
-    return CompressionRelease(lm_package(state, cfg), ref, source=path, state_key=key, state=state)
+    return CompressionRelease(release_package(state, cfg), ref, source=path, state_key=key,
+                              state=state)
 
 
 def _from_release_file(pkg: dict[str, Any], path: Path, ref: str) -> CompressionRelease:
@@ -102,12 +117,13 @@ def _from_release_file(pkg: dict[str, Any], path: Path, ref: str) -> Compression
     pretrained = pkg.get("pretrained")
     if pretrained is not None:
         if type(pretrained) is not str:
-            raise ExportError(f"exported tokenizer {path}: its 'pretrained' entry is not a name")
+            raise ExportError(f"exported compression model {path}: its 'pretrained' entry is "
+                              "not a name")
         return CompressionRelease(pointer_package(pretrained), ref, source=path)
     state, cfg_yaml, version = pkg.get("best_state"), pkg.get("xp.cfg"), pkg.get("version")
     if not isinstance(state, dict) or type(cfg_yaml) is not str or type(version) is not str:
-        raise ExportError(f"exported tokenizer {path} lacks the release layout (best_state, "
-                          "xp.cfg as YAML text, version)")
-    state = checked_state(dict(state), "best_state", f"exported tokenizer {path}")
+        raise ExportError(f"exported compression model {path} lacks the release layout "
+                          "(best_state, xp.cfg as YAML text, version)")
+    state = checked_state(dict(state), "best_state", f"exported compression model {path}")
     package = {"best_state": state, "xp.cfg": cfg_yaml, "version": version, "exported": True}
     return CompressionRelease(package, ref, source=path, state_key="best_state", state=state)

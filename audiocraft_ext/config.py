@@ -6,7 +6,6 @@ value of the wrong type fails at composition time, before any file is read.
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -57,10 +56,10 @@ class CheckpointInput(InputConfig):
 
 @dataclass
 class XPInput(InputConfig):
-    dora_dir: Optional[str] = None  # the folder holding xps/; defaults to $AUDIOCRAFT_DORA_DIR
-    sig: Optional[str] = None  # Dora signature of the XP
-    path: Optional[str] = None  # an XP folder, instead of dora_dir + sig
-    epoch: Optional[int] = None  # export checkpoint_<epoch>.th instead of checkpoint.th
+    dora_dir: str | None = None  # the folder holding xps/; defaults to $AUDIOCRAFT_DORA_DIR
+    sig: str | None = None  # Dora signature of the XP
+    path: str | None = None  # an XP folder, instead of dora_dir + sig
+    epoch: int | None = None  # export checkpoint_<epoch>.th instead of checkpoint.th
 
 
 @dataclass
@@ -76,13 +75,13 @@ class StateConfig:
     # else the last `last_k` checkpoint_<epoch>.th files of the XP folder)
     average_of: StateChoice = StateChoice.last
     last_k: int = 3
-    epochs: Optional[list[int]] = None
+    epochs: list[int] | None = None
 
 
 # --- compression -------------------------------------------------------------------------
 @dataclass
 class CompressionConfig:
-    """Which audio tokenizer ships in compression_state_dict.bin."""
+    """Which compression model (the LM's audio tokenizer) ships in compression_state_dict.bin."""
 
 
 @dataclass
@@ -108,7 +107,7 @@ class NoCompression(CompressionConfig):
 # --- output / validate -------------------------------------------------------------------
 @dataclass
 class OutputConfig:
-    dir: Optional[str] = None  # release folder; default: <hydra run dir>/<XP or checkpoint name>
+    dir: str | None = None  # release folder; default: <hydra run dir>/<XP or checkpoint name>
     overwrite: bool = False  # replace an existing release (only once the new one validated)
     dtype: OutputDtype = OutputDtype.keep  # cast the LM's floating-point tensors
 
@@ -120,9 +119,9 @@ class ValidateConfig:
     description: str = "warm lo-fi piano with soft drums"  # prompt for text-conditioned models
     device: str = "cpu"
     seed: int = 0
-    # A local tokenizer file (an exported compression_state_dict.bin) to validate with when the
-    # release points at a //pretrained/ tokenizer that this machine cannot download.
-    tokenizer: Optional[str] = None
+    # A local compression model file (an exported compression_state_dict.bin) to validate with
+    # when the release points at a //pretrained/ one that this machine cannot download.
+    compression_model: str | None = None
 
 
 class Mode(str, Enum):

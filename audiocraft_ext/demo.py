@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf

@@ -4,39 +4,65 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from .averaging import average_members, average_state
 from .compression import CompressionRelease, resolve_compression
-from .config import (AutoCompression, CheckpointCompression, CompressionConfig, OutputDtype,
-                     StateChoice, StateConfig, ValidateConfig)
+from .config import (
+    AutoCompression,
+    CheckpointCompression,
+    CompressionConfig,
+    OutputDtype,
+    StateChoice,
+    StateConfig,
+    ValidateConfig,
+    ValidateLevel,
+)
 from .errors import shown
-from .manifest import file_facts, state_facts, versions
+from .lazy_tensors import cast_state
+from .manifest import (
+    CompressionRecord,
+    FileFacts,
+    Manifest,
+    ReleaseFile,
+    SourceRecord,
+    StateFacts,
+    StateRecord,
+    versions,
+)
 from .measure import phase
 from .progress import byte_progress
 from .publish import staged_release
-from .release import (COMPRESSION_FILE, LM_FILE, MANIFEST_FILE, RELEASE_FILES, lm_package,
-                      save_package, write_json, write_text)
+from .release import (
+    COMPRESSION_FILE,
+    LM_FILE,
+    MANIFEST_FILE,
+    RELEASE_FILES,
+    release_package,
+    save_package,
+    write_json,
+    write_text,
+)
 from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
-from .stored_tensor import cast_state
-from .validation import validate_release, validate_tokenizer_release
+from .validation import validate_compression_release, validate_release
 from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 
 logger = logging.getLogger(__name__)
-TOKENIZER_SOLVER = "compression"  # an EnCodec XP: released as compression_state_dict.bin alone
+COMPRESSION_SOLVER = "compression"  # an EnCodec XP: released as compression_state_dict.bin alone
 
 
 @dataclass
 class ExportResult:
     release_dir: Path
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: Manifest = field(repr=False)
 
 
 @dataclass
@@ -44,8 +70,8 @@ class _Selected:
     cfg: DictConfig
     key: str  # checkpoint key of the state, or "average"
     state: StateDict
-    xp_sig: Optional[str]
-    members: Optional[list[dict[str, Any]]] = None  # state=average: the files averaged
+    xp_sig: str | None
+    members: list[dict[str, Any]] | None = None  # state=average: the files averaged
 
 
 def export_release(
@@ -53,19 +79,19 @@ def export_release(
     out_dir: str | Path,
     *,
     state: StateConfig | StateChoice | str = StateChoice.auto,
-    compression: CompressionConfig = AutoCompression(),
-    validate: ValidateConfig = ValidateConfig(),
+    compression: CompressionConfig | None = None,
+    validate: ValidateConfig | None = None,
     dtype: OutputDtype | str = OutputDtype.keep,
     overwrite: bool = False,
     trust: bool = False,
-    config: Optional[Mapping[str, Any]] = None,
-    extra_files: Optional[Mapping[str, str]] = None,
+    config: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Export a solver checkpoint to an audiocraft release folder and prove it loads.
 
     Only the selected state's tensors are read, one storage at a time, so memory stays near
     the size of the largest tensor whatever else the checkpoint holds. An LM (MusicGen,
-    AudioGen, MAGNeT) gives ``state_dict.bin`` plus its tokenizer; an EnCodec XP gives
+    AudioGen, MAGNeT) gives ``state_dict.bin`` plus its compression model; an EnCodec XP gives
     ``compression_state_dict.bin`` alone.
 
     Args:
@@ -73,8 +99,9 @@ def export_release(
         out_dir: the release folder to create; it appears only once complete and validated.
         state: which weights to release (a :class:`StateChoice`, or a :class:`StateConfig`
             for ``average``).
-        compression: which tokenizer file to ship beside an LM.
-        validate: what to check before publishing.
+        compression: which compression model file to ship beside an LM (default
+            :class:`AutoCompression`: the one the LM was trained with).
+        validate: what to check before publishing (default :class:`ValidateConfig`: ``full``).
         dtype: cast the released floating-point tensors (``keep``: as stored).
         overwrite: replace an existing release (only after the new one validated).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
@@ -83,9 +110,14 @@ def export_release(
     Raises:
         ExportError: with a one-line explanation; nothing is left at ``out_dir``.
     """
-    source = checkpoint if isinstance(checkpoint, CheckpointSource) else resolve_checkpoint(checkpoint)
-    spec = state if isinstance(state, StateConfig) else StateConfig(select=state)
+    # The library's boundary: strings become the config's enums here, and only here.
+    source = (checkpoint if isinstance(checkpoint, CheckpointSource)
+              else resolve_checkpoint(checkpoint))
+    spec = state if isinstance(state, StateConfig) else StateConfig(select=StateChoice(state))
     spec = replace(spec, select=StateChoice(spec.select), average_of=StateChoice(spec.average_of))
+    compression = compression if compression is not None else AutoCompression()
+    validate = validate if validate is not None else ValidateConfig()
+    validate = replace(validate, level=ValidateLevel(validate.level))
     dtype = OutputDtype(dtype)
     out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # ".." resolved, links kept
     export_phase: dict[str, Any] = {}
@@ -100,50 +132,46 @@ def export_release(
             solver = needed_value(sel.cfg, "solver", str(source.path))
             weights = sel.state if dtype is OutputDtype.keep else cast_state(
                 sel.state, getattr(torch, dtype.value))
-            tokenizer_only = solver == TOKENIZER_SOLVER
-            cfg, repairs = (sel.cfg, []) if tokenizer_only else loadable_config(sel.cfg)
-            tokenizer = None
-            if tokenizer_only:
+            compression_only = solver == COMPRESSION_SOLVER
+            cfg, repairs = (sel.cfg, []) if compression_only else loadable_config(sel.cfg)
+            shipped = None
+            if compression_only:
                 if not isinstance(compression, AutoCompression):
-                    logger.warning("%s is a tokenizer (EnCodec) XP: compression=... is ignored",
-                                   source.path)
-                packages = {COMPRESSION_FILE: lm_package(weights, cfg)}
+                    logger.warning("%s is a compression model (EnCodec) XP: compression=... is "
+                                   "ignored", source.path)
+                packages = {COMPRESSION_FILE: release_package(weights, cfg)}
             else:
-                tokenizer = resolve_compression(compression, cfg, source, trust=trust)
-                packages = {LM_FILE: lm_package(weights, cfg)}
-                if tokenizer is not None:
-                    packages[COMPRESSION_FILE] = tokenizer.package
+                shipped = resolve_compression(compression, cfg, source, trust=trust)
+                packages = {LM_FILE: release_package(weights, cfg)}
+                if shipped is not None:
+                    packages[COMPRESSION_FILE] = shipped.package
             files = _write(staging, packages)
-        manifest: dict[str, Any] = {
-            "release": str(out_dir),
-            "source": {**file_facts(source.path), "name": source.name, "solver": solver,
-                       "xp_sig": sel.xp_sig},
-            "state": {"selected": spec.select.value, "key": sel.key, "dtype": dtype.value,
-                      **({"members": sel.members} if sel.members else {}),
-                      **state_facts(weights)},
-            "compression": _tokenizer_facts(tokenizer),
-            "repairs": repairs,
-            "files": files,
-            "versions": versions(),
-            "config": dict(config) if config is not None else None,
-        }
+        manifest = Manifest(
+            release=str(out_dir),
+            source=SourceRecord(**vars(FileFacts.of(source.path)), name=source.name,
+                                solver=solver, xp_sig=sel.xp_sig),
+            state=StateRecord(**vars(StateFacts.of(weights)), selected=spec.select.value,
+                              key=sel.key, dtype=dtype.value, members=sel.members),
+            compression=_compression_record(shipped), repairs=repairs, files=files,
+            versions=versions(), config=dict(config) if config is not None else None)
         with phase(validation_phase), no_resolvers():
-            if tokenizer_only:
-                manifest["validation"] = validate_tokenizer_release(staging, weights, validate)
+            if compression_only:
+                manifest.validation = validate_compression_release(staging, weights, validate)
             else:
                 stand_in = None
-                if validate.tokenizer and tokenizer is not None and tokenizer.pretrained:
-                    stand_in = resolve_compression(CheckpointCompression(path=validate.tokenizer),
-                                                   cfg, source, trust=trust)
-                manifest["validation"] = validate_release(staging, cfg, weights, tokenizer,
-                                                          validate, stand_in)
-        manifest["timings"] = {"export": export_phase, "validation": validation_phase}
+                if validate.compression_model and shipped is not None and shipped.pretrained:
+                    stand_in = resolve_compression(
+                        CheckpointCompression(path=validate.compression_model), cfg, source,
+                        trust=trust)
+                manifest.validation = validate_release(staging, cfg, weights, shipped,
+                                                       validate, stand_in)
+        manifest.timings = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
-        write_json(manifest, staging / MANIFEST_FILE)
+        write_json(manifest.to_json(), staging / MANIFEST_FILE)
     logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB)",
                 export_phase["seconds"], export_phase["peak_rss_bytes"] / 2**20,
-                manifest["validation"]["level"], validation_phase["seconds"],
+                validate.level.value, validation_phase["seconds"],
                 validation_phase["peak_rss_bytes"] / 2**20)
     logger.info("release written to %s", out_dir)
     return ExportResult(out_dir, manifest)
@@ -165,25 +193,26 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     return selected
 
 
-def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str, ReleaseFile]:
     """Write the release files into ``staging``; return their bytes and sha256."""
-    total = sum(state_facts(p["best_state"])["bytes"] for p in packages.values()
+    total = sum(StateFacts.of(p["best_state"]).bytes for p in packages.values()
                 if "best_state" in p)
     advance, close = byte_progress(total, "writing release")
     files = {}
     try:
         for name, package in packages.items():
             digest = save_package(package, staging / name, advance)
-            files[name] = {"bytes": (staging / name).stat().st_size, "sha256": digest}
+            files[name] = ReleaseFile((staging / name).stat().st_size, digest)
     finally:
         close()
     return files
 
 
-def _tokenizer_facts(tokenizer: Optional[CompressionRelease]) -> Optional[dict[str, Any]]:
-    if tokenizer is None:
+def _compression_record(shipped: CompressionRelease | None) -> CompressionRecord | None:
+    if shipped is None:
         return None
-    return {"reference": tokenizer.reference, "pretrained": tokenizer.pretrained,
-            "source": None if tokenizer.source is None else file_facts(tokenizer.source),
-            "key": tokenizer.state_key,
-            **(state_facts(tokenizer.state) if tokenizer.state is not None else {})}
+    return CompressionRecord(
+        reference=shipped.reference, pretrained=shipped.pretrained,
+        source=None if shipped.source is None else FileFacts.of(shipped.source),
+        key=shipped.state_key,
+        state=None if shipped.state is None else StateFacts.of(shipped.state))

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig
 
 from .averaging import epoch_checkpoints
 from .config import StateChoice
 from .errors import ExportError, shown
-from .manifest import file_facts, state_facts
+from .manifest import FileFacts, StateFacts
 from .safe_load import MAX_NESTING
-from .sources import CheckpointSource
-from .states import load_solver_checkpoint, select_state, xp_signature
+from .sources import CheckpointSource, fsdp_shards
+from .states import STATE_KEYS, load_solver_checkpoint, select_state, xp_signature
 from .xp_config import raw_value, xp_config
-
-_STATES = {"fsdp_best_state": StateChoice.fsdp_best, "best_state": StateChoice.best,
-           "model": StateChoice.last, "ema": StateChoice.ema}
 
 
 def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[str, Any]:
-    """Describe ``source``: solver, XP, history, each state, tokenizer and what auto picks."""
+    """Describe ``source``: solver, XP, history, each state, compression model and what
+    state=auto picks."""
     pkg = load_solver_checkpoint(source.path, trust=trust)
     try:
-        cfg: Optional[DictConfig] = xp_config(pkg, str(source.path))
+        cfg: DictConfig | None = xp_config(pkg, str(source.path))
     except ExportError:
         cfg = None  # described as such: inspection reports what is there
-    history = pkg.get("history") if isinstance(pkg.get("history"), list) else []
-    states = {}
-    for key, choice in _STATES.items():
+    history: list[Any] = pkg["history"] if isinstance(pkg.get("history"), list) else []
+    states: dict[str, Any] = {}
+    for choice, key in STATE_KEYS.items():
         if key not in pkg:
             states[key] = "absent"
         elif pkg[key] is None or (isinstance(pkg[key], dict) and not pkg[key]):
             states[key] = "none" if pkg[key] is None else "empty"
         else:
             try:
-                states[key] = state_facts(select_state(pkg, choice, str(source.path))[1])
+                states[key] = vars(StateFacts.of(select_state(pkg, choice, str(source.path))[1]))
             except ExportError as exc:
                 states[key] = f"unusable: {exc}"
     try:
@@ -45,7 +44,7 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         auto = f"nothing ({exc})"
     xp_dir = source.path.parent
     return {
-        "checkpoint": file_facts(source.path),
+        "checkpoint": vars(FileFacts.of(source.path)),
         "keys": list(pkg),
         "solver": raw_value(cfg, "solver") if cfg is not None else None,
         "xp_sig": xp_signature(pkg),
@@ -56,9 +55,7 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "compression_model_checkpoint": raw_value(cfg, "compression_model_checkpoint")
         if cfg is not None else None,
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
-        "fsdp_shards": sorted(p.name for p in xp_dir.iterdir()
-                              if p.name.startswith(f"{source.path.name}.")
-                              and p.name[len(source.path.name) + 1:].isdigit()),
+        "fsdp_shards": [p.name for p in fsdp_shards(source.path)],
     }
 
 
@@ -95,7 +92,7 @@ def format_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:
                      f"{facts['bytes'] / 2**20:.1f} MiB ({dtypes})")
         lines.append(f"  {key:<16} {facts}")
     lines += [f"state=auto   exports {info['state_auto']}",
-              f"tokenizer    {info['compression_model_checkpoint']}",
+              f"compression  {info['compression_model_checkpoint']}",
               f"epoch files  {', '.join(info['epoch_checkpoints']) or 'none'}",
               f"FSDP shards  {', '.join(info['fsdp_shards']) or 'none'}"]
     return "\n".join(lines)

@@ -1,32 +1,127 @@
-"""Facts recorded in a release's export.json."""
+"""The release manifest (``export.json``): typed records, built once by the exporter."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from .stored_tensor import TensorLike
+from .lazy_tensors import TensorLike
 
 
-def file_facts(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FileFacts:
     """Size and modification time of a source file."""
-    stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size,
-            "mtime": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat()}
+
+    path: str
+    bytes: int
+    mtime: str
+
+    @classmethod
+    def of(cls, path: Path) -> FileFacts:
+        stat = path.stat()
+        return cls(str(path), stat.st_size,
+                   datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat())
 
 
-def state_facts(state: Mapping[str, TensorLike]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StateFacts:
     """Tensor count, parameter count, dtypes and bytes of a flat state dict."""
-    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())
-    return {"tensors": len(state),
-            "parameters": sum(t.numel() for t in state.values()),
-            "dtypes": dict(sorted(dtypes.items())),
-            "bytes": sum(t.numel() * t.element_size() for t in state.values())}
+
+    tensors: int
+    parameters: int
+    dtypes: dict[str, int]
+    bytes: int
+
+    @classmethod
+    def of(cls, state: Mapping[str, TensorLike]) -> StateFacts:
+        dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())
+        return cls(tensors=len(state), parameters=sum(t.numel() for t in state.values()),
+                   dtypes=dict(sorted(dtypes.items())),
+                   bytes=sum(t.numel() * t.element_size() for t in state.values()))
+
+
+@dataclass(frozen=True)
+class SourceRecord(FileFacts):
+    """The training checkpoint exported."""
+
+    name: str  # the release folder's default name
+    solver: str | None
+    xp_sig: str | None
+
+
+@dataclass(frozen=True)
+class StateRecord(StateFacts):
+    """The released weights: what was asked for and what it resolved to."""
+
+    selected: str  # the state choice (auto, best, ...)
+    key: str  # the checkpoint key exported, or "average"
+    dtype: str  # output.dtype
+    members: list[dict[str, Any]] | None = None  # state=average: the files averaged
+
+
+@dataclass(frozen=True)
+class CompressionRecord:
+    """The compression model shipped beside an LM."""
+
+    reference: str  # //pretrained/NAME, //sig/SIG or a path
+    pretrained: str | None
+    source: FileFacts | None  # the file read, if any
+    key: str | None  # the checkpoint key exported, for a training checkpoint
+    state: StateFacts | None
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ValidationReport:
+    """What validation proved: one entry per check run, and what was skipped and why."""
+
+    level: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    # a local compression model validated in place of a //pretrained/ one (validate.compression)
+    compression_stand_in: str | None = None
+
+    @property
+    def passed(self) -> str:
+        """``<level>: ok`` once at least one check ran (all pass, or validation raises)."""
+        return f"{self.level}: ok" if self.checks else self.level
+
+
+@dataclass
+class Manifest:
+    """Everything ``export.json`` records about a release."""
+
+    release: str
+    source: SourceRecord
+    state: StateRecord
+    compression: CompressionRecord | None
+    repairs: list[str]
+    files: dict[str, ReleaseFile]
+    versions: dict[str, str]
+    config: dict[str, Any] | None
+    validation: ValidationReport | None = None
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def main_file(self) -> tuple[str, ReleaseFile]:
+        """The LM file, or for an EnCodec-only release its compression model file."""
+        name = next(iter(self.files))
+        return name, self.files[name]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def versions() -> dict[str, str]:

@@ -17,9 +17,9 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 from .errors import ExportError
 from .release import MANIFEST_FILE, RELEASE_FILES
@@ -27,7 +27,7 @@ from .release import MANIFEST_FILE, RELEASE_FILES
 logger = logging.getLogger(__name__)
 
 
-def release_problem(folder: Path) -> Optional[str]:
+def release_problem(folder: Path) -> str | None:
     """Why ``folder`` is not recognisably a release this tool wrote, or None when it is."""
     try:
         entries = list(os.scandir(folder))

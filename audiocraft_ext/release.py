@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ExportError
-from .stored_tensor import TensorLike
+from .lazy_tensors import TensorLike
 from .torch_writer import save_streaming
 
 LM_FILE = "state_dict.bin"
@@ -32,19 +33,20 @@ def audiocraft_version() -> str:
     return version("audiocraft")
 
 
-def lm_package(state: Mapping[str, TensorLike], cfg: DictConfig) -> dict[str, Any]:
-    """What export_lm / export_encodec write: the flat state dict and the config as YAML."""
+def release_package(state: Mapping[str, TensorLike], cfg: DictConfig) -> dict[str, Any]:
+    """What export_lm and export_encodec write (an LM's state_dict.bin, or an EnCodec's
+    compression_state_dict.bin): the flat state dict and the config as YAML."""
     return {"best_state": dict(state), "xp.cfg": OmegaConf.to_yaml(cfg),
             "version": audiocraft_version(), "exported": True}
 
 
 def pointer_package(pretrained: str) -> dict[str, Any]:
-    """What export_pretrained_compression_model writes for a released tokenizer."""
+    """What export_pretrained_compression_model writes for a released compression model."""
     return {"pretrained": pretrained, "exported": True, "version": audiocraft_version()}
 
 
 def save_package(package: Mapping[str, Any], path: Path,
-                 progress: Optional[Callable[[int], None]] = None) -> str:
+                 progress: Callable[[int], None] | None = None) -> str:
     """Write a release file as torch.save would, streamed and fsync'ed; return its sha256."""
     return save_streaming(dict(package), path, progress)
 

@@ -23,6 +23,7 @@ def loadable_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
             and raw_value(cfg, "conditioners") is None:
         # a copy without the source's flags (struct, read-only): the source stays as read
         content = OmegaConf.to_container(cfg, resolve=False)
+        assert isinstance(content, dict)  # cfg is a DictConfig
         content["conditioners"] = {}
         cfg = OmegaConf.create(content)
         repairs.append("conditioners: null -> {} (audiocraft's load_lm_model crashes on null: "

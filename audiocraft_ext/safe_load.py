@@ -19,6 +19,7 @@ import pickle
 import pickletools
 import stat
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 from .allowlist import BadArguments, RefusedGlobal, resolve_global, storage_from_id
 from .archive import CheckpointArchive
 from .errors import ExportError, first_line
-from .stored_tensor import StoredStorage, element_size
+from .lazy_tensors import StoredStorage, element_size
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def check_opcodes(data: bytes, limit: int = MAX_NESTING) -> None:
     stack: list[int] = []
     marks: list[int] = []
     memo: dict[Any, int] = {}
-    for op, arg, _ in pickletools.genops(data):
+    for op, arg in _opcodes(data):
         before = op.stack_before
         if op.name == "MARK":
             marks.append(len(stack))
@@ -94,11 +95,13 @@ def check_opcodes(data: bytes, limit: int = MAX_NESTING) -> None:
             start = marks.pop() if marks else 0
             items = stack[start:] or [0]
             del stack[start:]
-            below = [stack.pop() for _ in range(before.index(pickletools.markobject))]
+            below = [stack.pop() if stack else 0
+                     for _ in range(before.index(pickletools.markobject))]
             depth = 1 + max(items)
             stack.append(max(below[0], depth) if below else depth)
         elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            if not 0 <= arg <= len(data):  # a real pickle memoizes at most one object per op
+            # a real pickle memoizes at most one object per op
+            if not isinstance(arg, int) or not 0 <= arg <= len(data):
                 raise pickle.UnpicklingError(f"memo index {arg} in a pickle of {len(data)} bytes")
             memo[arg] = stack[-1] if stack else 0
         elif op.name == "MEMOIZE":
@@ -118,6 +121,14 @@ def check_opcodes(data: bytes, limit: int = MAX_NESTING) -> None:
             stack.extend(depth for _ in op.stack_after)
         if stack and stack[-1] > limit:
             raise pickle.UnpicklingError(f"objects nested more than {limit} levels deep")
+
+
+def _opcodes(data: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, Any]]:
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            yield op, arg
+    except ValueError as exc:  # pickletools: an unknown opcode, or data that ends early
+        raise pickle.UnpicklingError(str(exc)) from exc
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
@@ -164,18 +175,30 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
         raise UnsafeCheckpointError(f"refusing to load {path}: {first_line(exc)}") from exc
     except ExportError:
         raise
-    # A damaged pickle fails inside the unpickler and inside the omegaconf objects it rebuilds
-    # (BUILD runs their __setstate__) in every way there is; the cause stays chained.
-    except Exception as exc:  # noqa: BLE001
+    except pickle.UnpicklingError as exc:  # the unpickler's, or our scan's and checks' refusal
         raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
                           ) from exc
+    except Exception as exc:
+        if not _raised_by_the_unpickler(exc):
+            raise  # from our own code that the unpickler called: a bug, shown as one
+        raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
+                          ) from exc
+
+
+def _raised_by_the_unpickler(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the (C) unpickler itself, acting on the file's bytes (a
+    TypeError of a call with the wrong arguments, an AttributeError of APPEND on a non-list...),
+    rather than in Python code it called: the traceback then ends in the frame that ran
+    ``load()``."""
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_next is None
 
 
 def _check_regular_file(path: Path) -> None:
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise ExportError(f"{path}: no such file") from exc
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(mode):

@@ -1,14 +1,18 @@
-"""Resolve what the user pointed at (a file, an XP folder, a Dora signature) to checkpoint files."""
+"""Resolve what the user pointed at (the demo, a file, an XP folder, a Dora signature) to the
+checkpoint file to export."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
+from .config import CheckpointInput, DemoInput, InputConfig, XPInput
 from .errors import ExportError, shown
+
+logger = logging.getLogger(__name__)
 
 SIG_PREFIX = "//sig/"
 PRETRAINED_PREFIX = "//pretrained/"
@@ -22,21 +26,21 @@ class CheckpointSource:
 
     path: Path
     name: str  # used to name the release folder: the XP signature, plus the epoch if any
-    dora_dir: Optional[Path]  # the folder holding xps/, when the checkpoint sits in one
+    dora_dir: Path | None  # the folder holding xps/, when the checkpoint sits in one
 
 
-def checkpoint_filename(epoch: Optional[int] = None) -> str:
+def checkpoint_filename(epoch: int | None = None) -> str:
     """Name of a solver checkpoint, as audiocraft.utils.checkpoint.checkpoint_name writes it."""
     return "checkpoint.th" if epoch is None else f"checkpoint_{epoch}.th"
 
 
-def dora_dir_of(path: Path) -> Optional[Path]:
+def dora_dir_of(path: Path) -> Path | None:
     """The Dora dir of a checkpoint stored as <dora_dir>/xps/<sig>/<file>, else None."""
     xp_dir = path.parent
     return xp_dir.parent.parent if xp_dir.parent.name == "xps" else None
 
 
-def resolve_checkpoint(path: str | Path, epoch: Optional[int] = None) -> CheckpointSource:
+def resolve_checkpoint(path: str | Path, epoch: int | None = None) -> CheckpointSource:
     """Resolve a checkpoint file or an XP folder (then ``checkpoint[_<epoch>].th`` inside it)."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -66,12 +70,19 @@ def resolve_checkpoint(path: str | Path, epoch: Optional[int] = None) -> Checkpo
     return CheckpointSource(path=path, name=name, dora_dir=dora_dir_of(path))
 
 
-def default_dora_dir() -> Optional[Path]:
+def fsdp_shards(path: Path) -> list[Path]:
+    """The other ranks' shards of the rank-0 checkpoint ``path`` (``<name>.th.<rank>``)."""
+    return sorted((p for p in path.parent.iterdir()
+                   if (shard := _RANK_SHARD.match(p.name)) and shard["base"] == path.name),
+                  key=lambda p: int(p.name.rsplit(".", 1)[1]))
+
+
+def default_dora_dir() -> Path | None:
     value = os.environ.get("AUDIOCRAFT_DORA_DIR")
     return Path(value) if value else None
 
 
-def resolve_signature(sig: str, dora_dir: Optional[str | Path], epoch: Optional[int] = None,
+def resolve_signature(sig: str, dora_dir: str | Path | None, epoch: int | None = None,
                       ) -> CheckpointSource:
     """Resolve ``<dora_dir>/xps/<sig>``; dora_dir defaults to ``$AUDIOCRAFT_DORA_DIR``."""
     sig = sig[len(SIG_PREFIX):] if sig.startswith(SIG_PREFIX) else sig
@@ -85,3 +96,25 @@ def resolve_signature(sig: str, dora_dir: Optional[str | Path], epoch: Optional[
     if not xp_dir.is_dir():
         raise ExportError(f"no XP {shown(sig)} in {root / 'xps'}")
     return resolve_checkpoint(xp_dir, epoch)
+
+
+def resolve_input(spec: InputConfig) -> CheckpointSource:
+    """The checkpoint an ``input`` option designates (writing the demo XPs first for ``demo``)."""
+    if isinstance(spec, DemoInput):
+        from .demo import write_demo_xps
+
+        logger.info("input=demo: writing a tiny MusicGen XP and its EnCodec XP to %s",
+                    spec.dora_dir)
+        return resolve_checkpoint(write_demo_xps(spec.dora_dir))
+    if isinstance(spec, CheckpointInput):
+        return resolve_checkpoint(spec.path)
+    if isinstance(spec, XPInput):
+        if spec.path and spec.sig:
+            raise ExportError("input=xp takes input.sig=SIG or input.path=XP_FOLDER, not both")
+        if spec.path:
+            return resolve_checkpoint(spec.path, spec.epoch)
+        if spec.sig:
+            return resolve_signature(spec.sig, spec.dora_dir, spec.epoch)
+        raise ExportError("input=xp needs input.sig=SIG (with input.dora_dir=DIR or "
+                          "AUDIOCRAFT_DORA_DIR) or input.path=XP_FOLDER")
+    raise TypeError(f"unknown input {spec!r}")

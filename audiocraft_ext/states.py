@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from .config import StateChoice
 from .errors import ExportError, shown
+from .lazy_tensors import StoredTensor, TensorLike, is_tensor
 from .safe_load import load_checkpoint
-from .stored_tensor import StoredTensor, TensorLike, is_tensor
 
 MAX_REPEATED_BYTES = 64 << 20  # what repeating views may add to a state, beyond 2x its storages
 
@@ -17,13 +18,14 @@ logger = logging.getLogger(__name__)
 
 StateDict = dict[str, TensorLike]
 
-# checkpoint key holding each choice; best states are {'model': state_dict}, `model` is flat.
-_KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
+# The checkpoint key holding each single-state choice, in the order inspection lists them;
+# best states are {'model': state_dict}, `model` is flat, `ema` is {'state': {'model': ...}}.
+STATE_KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
          StateChoice.last: "model", StateChoice.ema: "ema"}
 
 
 # Plain dicts only: a DictConfig is a Mapping too, and reading it resolves interpolations.
-def _model_state(pkg: Mapping[str, Any], key: str, source: str) -> Optional[StateDict]:
+def _model_state(pkg: Mapping[str, Any], key: str, source: str) -> StateDict | None:
     """The flat state dict under ``key``; None when it is absent or empty."""
     value = pkg.get(key)
     if key == "ema" and isinstance(value, dict):  # ModuleDictEMA: {'state': {'model': ...}}
@@ -45,20 +47,19 @@ def load_solver_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
     return pkg
 
 
-def xp_signature(pkg: Mapping[str, Any]) -> Optional[str]:
+def xp_signature(pkg: Mapping[str, Any]) -> str | None:
     """The checkpoint's Dora signature (``xp.sig``), when it is one (short, printable)."""
     sig = pkg.get("xp.sig")
     return sig if type(sig) is str and len(sig) <= 64 and sig.isprintable() else None
 
 
-def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str = "checkpoint",
+def select_state(pkg: Mapping[str, Any], choice: StateChoice, source: str = "checkpoint",
                  ) -> tuple[str, StateDict]:
     """Return ``(checkpoint key, flat model state dict)`` for ``choice``.
 
     ``auto`` follows audiocraft's export_lm: a non-empty ``fsdp_best_state`` wins (on FSDP runs
     rank 0's ``best_state`` holds only its own shards), else ``best_state``.
     """
-    choice = StateChoice(choice)
     if choice is StateChoice.auto:
         for key in ("fsdp_best_state", "best_state"):
             state = _model_state(pkg, key, source)
@@ -76,7 +77,7 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice | str, source: str 
             + " (state=last exports the raw model weights instead)")
     if choice is StateChoice.average:
         raise ValueError("state=average spans several checkpoints: see averaging.average_state")
-    key = _KEYS[choice]
+    key = STATE_KEYS[choice]
     state = _model_state(pkg, key, source)
     if key == "ema" and key in pkg and pkg[key] is None:
         raise ExportError(f"{source}: state=ema, but EMA was off in this run ('ema' is None; "

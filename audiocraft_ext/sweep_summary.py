@@ -10,9 +10,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .app import JOB_RECORD
-
 logger = logging.getLogger(__name__)
+JOB_RECORD = "export_result.json"  # per job, in its Hydra output dir: written by app.run_job
 SUMMARY_FILE = "sweep_summary.json"
 
 
@@ -49,7 +48,7 @@ def format_table(jobs: list[dict[str, Any]]) -> str:
                      f"{j['bytes'] / 2**20:.1f}" if "bytes" in j else "-",
                      j.get("sha256", "-")[:12], j.get("validation", "-"), f"{j['seconds']:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines += [f"job {j.get('job')} error: {j['error']}" for j in jobs if j["status"] != "ok"]
     return "\n".join(lines)
 

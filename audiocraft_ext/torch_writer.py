@@ -16,14 +16,15 @@ import pickle
 import resource
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
-from .stored_tensor import ComputedTensor, StoredStorage, StoredTensor, element_size
+from .lazy_tensors import ComputedTensor, StoredStorage, StoredTensor, as_tensor, element_size
 
 ProgressFn = Callable[[int], None]
 # Recent torch takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
@@ -36,8 +37,8 @@ class _OutStorage:
     (``read``)."""
 
     def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
-                 stored: Optional[StoredStorage] = None,
-                 read: Optional[Callable[[], torch.Tensor]] = None) -> None:
+                 stored: StoredStorage | None = None,
+                 read: Callable[[], torch.Tensor] | None = None) -> None:
         self.key, self.dtype, self.numel, self.nbytes = key, dtype, numel, nbytes
         self.stored, self.read = stored, read
 
@@ -70,7 +71,7 @@ def _storage_type(dtype: torch.dtype) -> Any:
     return getattr(torch, _TYPED_STORAGES[dtype])
 
 
-def _rebuild_args(out: "_OutStorage", dtype: torch.dtype, offset: int, size: tuple,
+def _rebuild_args(out: _OutStorage, dtype: torch.dtype, offset: int, size: tuple,
                   stride: tuple) -> tuple[Any, tuple]:
     """torch.save's reduction of a tensor: v2 for dtypes with a typed storage, else v3
     (float8, uint16/32/64, complex32), whose storage is untyped bytes."""
@@ -102,28 +103,24 @@ class _StreamingPickler(pickle.Pickler):
                                 src.nbytes, stored=src)
             return _rebuild_args(out, obj.dtype, obj.offset, obj.size, obj.stride)
         if isinstance(obj, (torch.Tensor, ComputedTensor)):  # written as a new storage
-            if isinstance(obj, torch.Tensor):
-                tensor = obj.detach().cpu().contiguous()
-                read: Callable[[], torch.Tensor] = lambda t=tensor: t  # noqa: E731
-            else:
-                read = obj.load
+            value = obj.detach().cpu().contiguous() if isinstance(obj, torch.Tensor) else obj
             shape = tuple(obj.shape)
             numel = obj.numel()
             nbytes = numel * obj.element_size()
             typed = obj.dtype in _TYPED_STORAGES
             out = self._storage(obj, obj.dtype if typed else torch.uint8,
                                 numel if typed else nbytes, nbytes,
-                                read=lambda: read().reshape(-1).view(torch.uint8))
+                                read=lambda: as_tensor(value).reshape(-1).view(torch.uint8))
             return _rebuild_args(out, obj.dtype, 0, shape, _contiguous_stride(shape))
         return NotImplemented
 
-    def persistent_id(self, obj: Any) -> Optional[tuple]:
+    def persistent_id(self, obj: Any) -> tuple | None:
         if isinstance(obj, _OutStorage):
             return ("storage", _storage_type(obj.dtype), obj.key, "cpu", obj.numel)
         return None
 
 
-def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) -> str:
+def save_streaming(obj: Any, path: Path, progress: ProgressFn | None = None) -> str:
     """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
     fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written.
 
@@ -161,7 +158,10 @@ def save_streaming(obj: Any, path: Path, progress: Optional[ProgressFn] = None) 
                     progress(out.nbytes)
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            digest = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+            return digest.hexdigest()
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except RuntimeError as exc:  # torch's zip writer reports failed writes without errno

@@ -7,10 +7,11 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -19,10 +20,11 @@ from omegaconf.errors import UnsupportedInterpolationType
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
 from .errors import ExportError, first_line, shown
+from .lazy_tensors import TensorLike, as_tensor
+from .manifest import ValidationReport
 from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
 from .states import StateDict
-from .stored_tensor import TensorLike, as_tensor
 from .xp_config import needed_value
 
 logger = logging.getLogger(__name__)
@@ -33,8 +35,9 @@ class Family:
     """How stock audiocraft loads the LMs of one solver family."""
 
     model_class: str  # whose get_pretrained must accept the release
-    magnet: bool = False  # reloaded with load_lm_model_magnet (needs the tokenizer's frame rate)
-    extend_stride: Optional[float] = None  # get_pretrained asserts segment_duration exceeds it
+    # reloaded with load_lm_model_magnet (which needs the compression model's frame rate)
+    magnet: bool = False
+    extend_stride: float | None = None  # get_pretrained asserts segment_duration exceeds it
 
 
 FAMILIES = {
@@ -112,7 +115,7 @@ class _Checks:
                         entry["seconds"])
 
 
-def _refused_resolver(exc: Exception) -> Optional[str]:
+def _refused_resolver(exc: Exception) -> str | None:
     """Say why ``${resolver:...}`` failed: no resolver runs while validating (xp_config)."""
     found = re.match(r"Unsupported interpolation type (\S+)", str(exc))
     if not isinstance(exc, UnsupportedInterpolationType) or found is None:
@@ -121,7 +124,7 @@ def _refused_resolver(exc: Exception) -> Optional[str]:
             "machine (it could read its environment); write the value itself into the config")
 
 
-def _state_dict_mismatch(message: str) -> Optional[str]:
+def _state_dict_mismatch(message: str) -> str | None:
     """Summarise torch's multi-line load_state_dict error in one line, or None."""
     if not message.startswith("Error(s) in loading state_dict"):
         return None
@@ -144,17 +147,15 @@ def _state_dict_mismatch(message: str) -> Optional[str]:
 
 
 def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
-                     compression: Optional[CompressionRelease], settings: ValidateConfig,
-                     stand_in: Optional[CompressionRelease] = None) -> dict[str, Any]:
+                     compression: CompressionRelease | None, settings: ValidateConfig,
+                     stand_in: CompressionRelease | None = None) -> ValidationReport:
     """Check a (staged) release folder per ``settings.level``; raise ExportError on failure.
 
-    ``stand_in`` is a local tokenizer to validate with when the release points at a
-    //pretrained/ one (``validate.tokenizer``). Returns the report stored under
-    ``validation`` in the manifest.
+    ``stand_in`` is a local compression model to validate with when the release points at a
+    //pretrained/ one (``validate.compression_model``). Returns the manifest's report.
     """
-    level = ValidateLevel(settings.level)
-    report: dict[str, Any] = {"level": level.value, "checks": [], "skipped": []}
-    if level is ValidateLevel.none:
+    report = ValidationReport(settings.level.value)
+    if settings.level is ValidateLevel.none:
         return report
     with ExitStack() as stack:
         load_dir = release_dir
@@ -162,20 +163,19 @@ def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
             load_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             os.symlink(release_dir / LM_FILE, load_dir / LM_FILE)
             save_package(stand_in.package, load_dir / COMPRESSION_FILE)
-            report["tokenizer_stand_in"] = stand_in.reference
+            report.compression_stand_in = stand_in.reference
             compression = stand_in
         _run_checks(release_dir, load_dir, lm_cfg, lm_state, compression, settings, report)
     return report
 
 
 def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
-                compression: Optional[CompressionRelease], settings: ValidateConfig,
-                report: dict[str, Any]) -> None:
+                compression: CompressionRelease | None, settings: ValidateConfig,
+                report: ValidationReport) -> None:
     from audiocraft.models import loaders
 
-    level = ValidateLevel(settings.level)
     checks = _Checks()
-    report["checks"] = checks.results
+    report.checks = checks.results
     device = settings.device
     solver = needed_value(lm_cfg, "solver", "the LM", default="")
     family = FAMILIES.get(solver)
@@ -187,52 +187,54 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
         _check_release_file(release_dir / LM_FILE, lm_state)
     frame_rate = None
     if compression is None:
-        report["skipped"].append("compression and get_pretrained: compression=none")
+        report.skipped.append("compression and get_pretrained: compression=none")
     else:
         with checks.check("load_compression_model"):
-            tokenizer = _load_pretrained_tokenizer(
+            model = _load_pretrained(
                 lambda: loaders.load_compression_model(load_dir, device=device),
                 compression.pretrained)
             if compression.state is not None:
-                compare_states(compression.state, tokenizer.state_dict(),
+                compare_states(compression.state, model.state_dict(),
                                "load_compression_model", cast=True)
-            frame_rate = int(tokenizer.frame_rate)
-            del tokenizer
+            frame_rate = int(model.frame_rate)
+            del model
     if family.magnet and frame_rate is None:
-        report["skipped"].append("load_lm_model_magnet: it needs the tokenizer's frame rate")
+        report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
+                              "rate")
     else:
         with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model"):
-            lm = (loaders.load_lm_model_magnet(load_dir, compression_model_frame_rate=frame_rate,
-                                               device=device) if family.magnet
-                  else loaders.load_lm_model(load_dir, device=device))
+            if family.magnet and frame_rate is not None:
+                lm = loaders.load_lm_model_magnet(
+                    load_dir, compression_model_frame_rate=frame_rate, device=device)
+            else:
+                lm = loaders.load_lm_model(load_dir, device=device)
             compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
             del lm
-    if level is ValidateLevel.load or compression is None:
+    if settings.level is ValidateLevel.load or compression is None:
         return
     _check_segment_duration(lm_cfg, family)
     with checks.check("get_pretrained") as entry:
         import audiocraft.models
 
         cls = getattr(audiocraft.models, family.model_class)
-        model = _load_pretrained_tokenizer(
+        model = _load_pretrained(
             lambda: cls.get_pretrained(str(load_dir), device=device), compression.pretrained)
         entry["model_class"] = cls.__name__
     with checks.check("generate") as entry:
         entry.update(_generate(model, settings))
 
 
-def validate_tokenizer_release(release_dir: Path, state: StateDict, settings: ValidateConfig,
-                               ) -> dict[str, Any]:
+def validate_compression_release(release_dir: Path, state: StateDict,
+                                 settings: ValidateConfig) -> ValidationReport:
     """Check an EnCodec-only release: the file, CompressionModel.get_pretrained(file) with an
     exact comparison, and (``full``) an encode/decode round trip."""
-    level = ValidateLevel(settings.level)
-    report: dict[str, Any] = {"level": level.value, "checks": [], "skipped": []}
-    if level is ValidateLevel.none:
+    report = ValidationReport(settings.level.value)
+    if settings.level is ValidateLevel.none:
         return report
     from audiocraft.models import CompressionModel
 
     checks = _Checks()
-    report["checks"] = checks.results
+    report.checks = checks.results
     path = release_dir / COMPRESSION_FILE
     with checks.check("compression_file"):
         _check_release_file(path, state)
@@ -240,7 +242,7 @@ def validate_tokenizer_release(release_dir: Path, state: StateDict, settings: Va
         model = CompressionModel.get_pretrained(str(path), device=settings.device)
         compare_states(state, model.state_dict(), "CompressionModel.get_pretrained", cast=True)
         entry["model_class"] = type(model).__name__
-    if level is ValidateLevel.full:
+    if settings.level is ValidateLevel.full:
         with checks.check("encode_decode") as entry:
             entry.update(_round_trip(model, settings))
     return report
@@ -291,18 +293,36 @@ def _check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
             "with longer segments or use validate=load to skip the get_pretrained check")
 
 
-def _load_pretrained_tokenizer(load: Callable[[], Any], pretrained: Optional[str]) -> Any:
-    """Run ``load``; explain the failure of a //pretrained/ tokenizer that needs the network."""
+def _load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
+    """Run ``load``; explain the failure of a //pretrained/ compression model that needs the
+    network (any other failure is the check's own, and is reported as such)."""
     try:
         return load()
     except Exception as exc:
-        if pretrained is None or isinstance(exc, ExportError):
+        if pretrained is None or not _from_the_network(exc):
             raise
         raise ExportError(
-            f"the release points at the pretrained tokenizer {pretrained!r}, which could not "
-            f"be loaded here ({type(exc).__name__}); it is fetched from the Hugging Face hub "
-            "on first use: run where the hub or its cache (HF_HOME) is reachable, or validate "
-            "offline with validate.tokenizer=<local copy of that tokenizer>") from exc
+            f"the release points at the pretrained compression model {pretrained!r}, which "
+            f"could not be fetched here ({type(exc).__name__}); it comes from the Hugging Face "
+            "hub on first use: run where the hub or its cache (HF_HOME) is reachable, or "
+            "validate offline with validate.compression_model=<local copy of that model>"
+            ) from exc
+
+
+_NETWORK_MODULES = ("huggingface_hub", "requests", "urllib3", "httpx", "httpcore", "socket")
+
+
+def _from_the_network(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it chains comes from fetching files over the network."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if (isinstance(current, ConnectionError)
+                or type(current).__module__.split(".")[0] in _NETWORK_MODULES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:

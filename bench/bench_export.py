@@ -168,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="acx-bench-")
-    work = args.workdir or Path(tmp.name)
+    work = args.workdir if tmp is None else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     try:
         report = bench(args.preset, args.repeats, work, env, double=not args.no_double)
@@ -265,7 +265,8 @@ def format_table(report: dict) -> str:
             lines.append(f"{name} = {r[name]:+.3f} (target <= {limit}): {verdict}"
                          if name.endswith("change") else
                          f"{name} = {r[name]:.3f} (target <= {limit}): {verdict}")
-    lines.append(f"wall_b_over_e = {r['wall_b_over_e']:.2f}, rss_b_over_e = {r['rss_b_over_e']:.1f}")
+    lines.append(f"wall_b_over_e = {r['wall_b_over_e']:.2f}, "
+                 f"rss_b_over_e = {r['rss_b_over_e']:.1f}")
     return "\n".join(lines)
 
 

@@ -29,12 +29,12 @@ import getpass
 import hashlib
 import json
 import os
-from pathlib import Path
 import shutil
 import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 from typing import NoReturn
 
 AUDIOCRAFT_VERSION = "1.3.0"
@@ -304,7 +304,7 @@ def train(name: str, out: Path, src: Path, env: dict, logdir: Path, sigs: dict) 
     argv = [f"solver={solver}", *COMMON]
     for ov in overrides:
         for dep, sig in sigs.items():
-            ov = ov.replace("{sig:%s}" % dep, sig)
+            ov = ov.replace(f"{{sig:{dep}}}", sig)
         if "{sig:" in ov:
             fail(f"{name}: unresolved dependency in override {ov!r}")
         argv.append(ov)
@@ -322,7 +322,7 @@ def train(name: str, out: Path, src: Path, env: dict, logdir: Path, sigs: dict) 
     if folder is not None and (folder / "solver.log.0").is_file():
         shutil.copy(folder / "solver.log.0", logdir / f"{name}.solver.log")
     ckpt = folder / "checkpoint.th" if folder is not None else None
-    if rc != 0 or ckpt is None or not ckpt.is_file():
+    if rc != 0 or folder is None or ckpt is None or not ckpt.is_file():
         fail(f"training {name} failed (rc={rc}, xp folder {folder}); log {logf}:\n{tail(logf)}")
     epochs = sorted((p.name for p in folder.glob("checkpoint_*.th")),
                     key=lambda s: int(s[len("checkpoint_"):-len(".th")]))

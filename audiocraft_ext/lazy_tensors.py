@@ -1,4 +1,4 @@
-"""Tensors that are still in their checkpoint file: shape and dtype known, bytes read on demand.
+"""Lazy tensors: shape and dtype known, bytes read (or computed) only when asked for.
 
 Loading a training checkpoint this way costs only its pickled structure (configs, history,
 shapes); the bytes of a storage are read, CRC-checked, only when a tensor is asked for, so the
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Protocol
 
 import torch
 
@@ -93,11 +94,33 @@ class StoredTensor(_NotFromPickles):
         return f"StoredTensor({tuple(self.size)}, {self.dtype}, key={self.storage.key})"
 
 
+class LazyTensor(Protocol):
+    """What the writer, the comparisons and the manifest need of a tensor not in memory yet."""
+
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    def numel(self) -> int: ...
+
+    def element_size(self) -> int: ...
+
+    def is_floating_point(self) -> bool: ...
+
+    def load(self) -> torch.Tensor:
+        """The tensor, in memory."""
+        ...
+
+
+TensorLike = torch.Tensor | LazyTensor
+
+
 @dataclass(eq=False)
 class ComputedTensor:
     """A tensor computed from same-shaped ``sources`` when it is read, as ``dtype``."""
 
-    sources: list  # of TensorLike
+    sources: list[TensorLike]
     dtype: torch.dtype
 
     @property
@@ -112,6 +135,9 @@ class ComputedTensor:
 
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
+
+    def load(self) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class CastTensor(ComputedTensor):
@@ -129,9 +155,6 @@ class AverageTensor(ComputedTensor):
         for source in self.sources:
             total += as_tensor(source).to(torch.float32)
         return (total / len(self.sources)).to(self.dtype).contiguous()
-
-
-TensorLike = Union[torch.Tensor, StoredTensor, CastTensor, AverageTensor]
 
 
 def is_tensor(value: Any) -> bool:
@@ -153,7 +176,7 @@ def element_size(dtype: torch.dtype) -> int:
 
 
 def view_problem(nbytes: int, dtype: torch.dtype, offset: int, size: tuple[int, ...],
-                 stride: tuple[int, ...]) -> Optional[str]:
+                 stride: tuple[int, ...]) -> str | None:
     """Why the view (offset, size, stride) of ``dtype`` elements cannot be read from a storage
     of ``nbytes`` bytes, or None when it can (and costs at most its storage's size to read)."""
     elsize = element_size(dtype)

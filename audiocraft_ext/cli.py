@@ -1,0 +1,43 @@
+"""The command line: ``audiocraft-export``, ``python -m audiocraft_ext``, ``python export_app.py``.
+
+The Hydra configs are the package's ``conf/`` folder (in a checkout, the top-level ``conf/``
+it links to), so an installed package finds them from any working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_configs
+from .errors import ExportError
+
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+register_configs()
+# Emitted by audiocraft's EnCodec on every build; says nothing about the export.
+warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
+logger = logging.getLogger("export_app")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def main(cfg: DictConfig) -> str | None:
+    """Export (or inspect) the checkpoint the composed config designates; print the release."""
+    from .app import run_job  # imports torch: kept out of --help and --cfg
+
+    try:
+        result = run_job(cfg)
+    except ExportError as exc:
+        # One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) shows the chain.
+        logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
+        sys.exit(1)
+    if result is None:  # mode=inspect, or a failed job of a multirun (in the sweep summary)
+        return None
+    print(result.release_dir)
+    return str(result.release_dir)
