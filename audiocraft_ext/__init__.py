@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "export_release": "exporter", "ExportResult": "exporter",
-    "ExportError": "errors",
+    "ExportError": "errors", "Manifest": "manifest",
     "load_checkpoint": "safe_load", "UnsafeCheckpointError": "safe_load",
     "StateChoice": "config", "StateConfig": "config", "ValidateConfig": "config",
     "ValidateLevel": "config", "OutputDtype": "config",

@@ -1,4 +1,4 @@
-"""What export_app.py runs once Hydra has composed the configuration."""
+"""One Hydra job of the app: export or inspect what the composed configuration designates."""
 
 from __future__ import annotations
 
