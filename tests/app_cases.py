@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import torch
-
 from conftest import error_lines, run_app, torch_load
 
 

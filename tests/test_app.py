@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import ROOT, error_lines, run_app, sha256_of
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from audiocraft_ext.app import run
 from audiocraft_ext.config import register_configs
-from conftest import ROOT, error_lines, run_app, sha256_of
 
 register_configs()
 

@@ -14,15 +14,15 @@ import re
 import zipfile
 from pathlib import Path
 
+import crafted as c
 import pytest
 import torch
+from app_cases import checkpoint_copy, input_args, rejected
+from conftest import app_env, error_lines, run_app, sha256_of, torch_load
 from omegaconf import OmegaConf
 
-import crafted as c
-from app_cases import checkpoint_copy, input_args, rejected
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
 from audiocraft_ext.safe_load import load_checkpoint
-from conftest import app_env, error_lines, run_app, sha256_of, torch_load
 
 NONE = ValidateConfig(level="none")
 

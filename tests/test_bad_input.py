@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
-from audiocraft_ext.safe_load import load_checkpoint
 from conftest import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
+from omegaconf import OmegaConf
+
+from audiocraft_ext.safe_load import load_checkpoint
 
 
 # --- files that are not checkpoints ---------------------------------------------------------
@@ -290,4 +290,5 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
     assert not staging.exists()
     assert sorted(p.name for p in dest.iterdir()) == [
         "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
-    assert OmegaConf.create(json.loads((dest / "export.json").read_text())["config"]).validate.level == "load"
+    config = OmegaConf.create(json.loads((dest / "export.json").read_text())["config"])
+    assert config.validate.level == "load"

@@ -1,12 +1,12 @@
 """The configuration as Hydra composes it from conf/ and the registered schemas."""
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from audiocraft_ext import config as schemas
-from conftest import ROOT
 
 schemas.register_configs()
 

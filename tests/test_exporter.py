@@ -7,11 +7,17 @@ import sys
 import audiocraft
 import pytest
 import torch
+from conftest import sha256_of, torch_load
 from omegaconf import OmegaConf
 
-from audiocraft_ext import (CheckpointCompression, ExportError, NoCompression,
-                            PretrainedCompression, ValidateConfig, export_release)
-from conftest import sha256_of, torch_load
+from audiocraft_ext import (
+    CheckpointCompression,
+    ExportError,
+    NoCompression,
+    PretrainedCompression,
+    ValidateConfig,
+    export_release,
+)
 
 LOAD = ValidateConfig(level="load")
 
@@ -146,7 +152,8 @@ def test_sig_outside_a_dora_dir_needs_audiocraft_dora_dir(musicgen_ckpt, dora_di
     lone = tmp_path / "lone.th"
     lone.write_bytes(musicgen_ckpt.read_bytes())
     monkeypatch.delenv("AUDIOCRAFT_DORA_DIR", raising=False)
-    with pytest.raises(ExportError, match="is not inside a Dora dir .* AUDIOCRAFT_DORA_DIR is unset"):
+    with pytest.raises(ExportError,
+                       match="is not inside a Dora dir .* AUDIOCRAFT_DORA_DIR is unset"):
         export_release(lone, tmp_path / "rel", validate=LOAD)
     monkeypatch.setenv("AUDIOCRAFT_DORA_DIR", str(dora_dir))
     export_release(lone, tmp_path / "rel", validate=LOAD)

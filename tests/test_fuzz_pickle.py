@@ -21,12 +21,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import crafted as c
 import pytest
+from conftest import ROOT, torch_load
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-import crafted as c
-from conftest import ROOT, torch_load
 
 EXAMPLES = int(os.environ.get("FUZZ_PICKLE_EXAMPLES", "300"))
 FILL = 0x3C  # every storage byte of the fuzzed checkpoints (float16 0x3C3C = 1.06)

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_lines, run_app, torch_load
 from omegaconf import OmegaConf
 
-from audiocraft_ext import (ExportError, NoCompression, StateConfig, ValidateConfig,
-                            export_release)
-from conftest import error_lines, run_app, torch_load
+from audiocraft_ext import ExportError, NoCompression, StateConfig, ValidateConfig, export_release
 
 
 def _export(tmp_path, *args, check=True):
@@ -173,7 +172,8 @@ def test_inspect(real_xps, tmp_path):
     assert info["states"]["ema"]["dtypes"] == {"float32": 37}
     assert info["state_auto"] == "best_state"
     assert info["compression_model_checkpoint"] == f"//sig/{real_xps['xps']['encodec']['sig']}"
-    text = run_app("mode=inspect", "input=xp", f"input.path={real_xps['xps']['musicgen']['folder']}",
+    text = run_app("mode=inspect", "input=xp",
+                   f"input.path={real_xps['xps']['musicgen']['folder']}",
                    f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True).stdout
     assert "ema              none" in text and "checkpoint_1.th, checkpoint_2.th" in text
     assert not (tmp_path / "run" / xp["sig"]).exists()  # nothing exported
