@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ROOT, error_lines, run_app, sha256_of
+from helpers import ROOT, error_lines, run_app, sha256_of
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict

@@ -18,7 +18,7 @@ import crafted as c
 import pytest
 import torch
 from app_cases import checkpoint_copy, input_args, rejected
-from conftest import app_env, error_lines, run_app, sha256_of, torch_load
+from helpers import app_env, error_lines, run_app, sha256_of, torch_load
 from omegaconf import OmegaConf
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release

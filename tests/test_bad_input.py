@@ -19,7 +19,7 @@ import torch
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
-from conftest import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
+from helpers import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
 from omegaconf import OmegaConf
 
 from audiocraft_ext.safe_load import load_checkpoint

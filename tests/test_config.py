@@ -1,7 +1,7 @@
 """The configuration as Hydra composes it from conf/ and the registered schemas."""
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf

@@ -7,7 +7,7 @@ import sys
 import audiocraft
 import pytest
 import torch
-from conftest import sha256_of, torch_load
+from helpers import sha256_of, torch_load
 from omegaconf import OmegaConf
 
 from audiocraft_ext import (

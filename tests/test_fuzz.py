@@ -11,7 +11,7 @@ import os
 import zipfile
 
 import pytest
-from conftest import member_span
+from helpers import member_span
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

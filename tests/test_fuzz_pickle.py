@@ -23,7 +23,7 @@ from pathlib import Path
 
 import crafted as c
 import pytest
-from conftest import ROOT, torch_load
+from helpers import ROOT, torch_load
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_lines, run_app, torch_load
+from helpers import error_lines, run_app, torch_load
 from omegaconf import OmegaConf
 
 from audiocraft_ext import ExportError, NoCompression, StateConfig, ValidateConfig, export_release

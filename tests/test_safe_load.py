@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import torch_load
+from helpers import torch_load
 from omegaconf import DictConfig, OmegaConf
 
 from audiocraft_ext.allowlist import PickledConfig

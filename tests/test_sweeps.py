@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_app, sha256_of
+from helpers import ROOT, app_env, run_app, sha256_of
 
 
 def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
@@ -126,8 +126,6 @@ def slurm_cluster():
 
 @pytest.mark.slurm
 def test_three_xp_sweep_on_a_real_slurm_cluster(slurm_cluster, three_xps, tmp_path):
-    from conftest import app_env
-
     dora, sigs = three_xps
     proc = run_app("-m", "input=xp", f"input.dora_dir={dora}", f"input.sig={','.join(sigs)}",
                    "validate=load", "hydra/launcher=slurm_export", "hydra.launcher.timeout_min=10",

@@ -1,0 +1,64 @@
+"""Helpers shared by the tests: ground-truth loading, files, running the app.
+
+Imported by name (``from helpers import ...``); conftest.py holds only fixtures and hooks.
+Nothing here uses the code under test, so that it can judge that code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torch_load(path: Path):
+    """Ground truth for our own fixtures: plain torch.load, independent of the code under test."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def member_span(path: Path, member: str) -> tuple[int, int]:
+    """(offset, size) of a zip member's data in the file, e.g. member="data/3"."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{zf.namelist()[0].split('/')[0]}/{member}")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))  # the local header's, not the
+    return info.header_offset + 30 + name_len + extra_len, info.file_size  # central one's
+
+
+def app_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "export_app.py"), *args]
+
+
+def app_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_app(*args: str, cwd: Path, check: bool = False, env: dict | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """Run export_app.py as a user would, in a fresh process."""
+    proc = subprocess.run(app_command(*args), cwd=cwd, env=env or app_env(),
+                          capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"export_app failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "[ERROR]" in line]
