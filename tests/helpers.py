@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: ground-truth loading, files, running the app.
+"""Helpers shared by the tests: ground-truth loading, files, running the app, comparing
+states.
 
 Imported by name (``from helpers import ...``); conftest.py holds only fixtures and hooks.
 Nothing here uses the code under test, so that it can judge that code.
@@ -12,7 +13,7 @@ import struct
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -23,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def torch_load(path: Path):
     """Ground truth for our own fixtures: plain torch.load, independent of the code under test."""
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def release_state(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a release file, read the way stock audiocraft reads them."""
+    return torch.load(path, map_location="cpu", weights_only=True)["best_state"]
 
 
 def sha256_of(path: Path) -> str:
@@ -62,3 +68,40 @@ def run_app(*args: str, cwd: Path, check: bool = False, env: dict | None = None,
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "[ERROR]" in line]
+
+
+def assert_same_state(actual: Mapping[str, torch.Tensor],
+                      expected: Mapping[str, torch.Tensor]) -> None:
+    """Assert that two state dicts hold the same keys and, key by key, tensors of the same
+    dtype and shape with bit-identical elements (NaN equals the same NaN, -0.0 differs from
+    0.0). The message names the first key that differs."""
+    missing = [k for k in expected if k not in actual]
+    unexpected = [k for k in actual if k not in expected]
+    assert not missing and not unexpected, (
+        f"keys differ: missing {missing[:5]} ({len(missing)}), "
+        f"unexpected {unexpected[:5]} ({len(unexpected)})")
+    for key, want in expected.items():
+        got = actual[key]
+        assert got.dtype == want.dtype, f"{key}: dtype {got.dtype}, expected {want.dtype}"
+        assert got.shape == want.shape, (
+            f"{key}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        a, b = _bits(got), _bits(want)
+        if not torch.equal(a, b):
+            first = int((a != b).nonzero()[0]) // want.element_size()
+            raise AssertionError(f"{key}: element {first} (flat) is {_element(got, first)}, "
+                                 f"expected {_element(want, first)}")
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements as raw bytes (one uint8 per byte), so that NaN equals NaN."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _element(tensor: torch.Tensor, index: int) -> str:
+    size = tensor.element_size()
+    raw = bytes(_bits(tensor)[index * size:(index + 1) * size].tolist()).hex()
+    try:
+        value = repr(tensor.reshape(-1)[index].item())
+    except (RuntimeError, TypeError):  # dtypes without a Python scalar: the bytes say it all
+        value = "?"
+    return f"{value} (bytes {raw})"

@@ -18,7 +18,15 @@ import crafted as c
 import pytest
 import torch
 from app_cases import checkpoint_copy, input_args, rejected
-from helpers import app_env, error_lines, run_app, sha256_of, torch_load
+from helpers import (
+    app_env,
+    assert_same_state,
+    error_lines,
+    release_state,
+    run_app,
+    sha256_of,
+    torch_load,
+)
 from omegaconf import OmegaConf
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
@@ -281,12 +289,8 @@ def test_dtypes_saved_with_rebuild_v3_are_read_and_exported(tmp_path, musicgen_c
 
     path = checkpoint_copy(tmp_path, musicgen_ckpt, edit)
     result = export_release(path, tmp_path / "rel", validate=NONE, compression=NoCompression())
-    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
-    want = torch_load(path)["best_state"]["model"]
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key].dtype == want[key].dtype, key
-        assert torch.equal(got[key].view(torch.uint8), want[key].view(torch.uint8)), key
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"),
+                      torch_load(path)["best_state"]["model"])
 
 
 def test_nan_in_a_state_validates(tmp_path, musicgen_ckpt):
@@ -297,6 +301,8 @@ def test_nan_in_a_state_validates(tmp_path, musicgen_ckpt):
     result = export_release(path, tmp_path / "rel", validate=ValidateConfig(level="load"))
     assert [c_["check"] for c_ in result.manifest["validation"]["checks"] if c_["ok"]] == [
         "lm_file", "load_compression_model", "load_lm_model"]
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"),
+                      torch_load(path)["best_state"]["model"])  # the NaN too, bit for bit
 
 
 # --- the destination can never destroy user data ------------------------------------------

@@ -19,7 +19,17 @@ import torch
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
-from helpers import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
+from helpers import (
+    app_command,
+    app_env,
+    assert_same_state,
+    error_lines,
+    member_span,
+    release_state,
+    run_app,
+    sha256_of,
+    torch_load,
+)
 from omegaconf import OmegaConf
 
 from audiocraft_ext.safe_load import load_checkpoint
@@ -85,9 +95,8 @@ def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, musicgen_ckpt):
                                                r"cannot be read safely; re-save it with torch.save")
     run_app(*_input(path), "compression=none", "input.trust=true", f"output.dir={tmp_path / 'rel'}",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
-    got = torch.load(tmp_path / "rel" / "state_dict.bin", weights_only=True)["best_state"]
-    want = torch_load(musicgen_ckpt)["best_state"]["model"]
-    assert all(torch.equal(got[k], want[k]) for k in want) and got.keys() == want.keys()
+    assert_same_state(release_state(tmp_path / "rel" / "state_dict.bin"),
+                      torch_load(musicgen_ckpt)["best_state"]["model"])
 
 
 # --- code in the pickle ---------------------------------------------------------------------

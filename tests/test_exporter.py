@@ -7,7 +7,7 @@ import sys
 import audiocraft
 import pytest
 import torch
-from helpers import sha256_of, torch_load
+from helpers import assert_same_state, release_state, sha256_of, torch_load
 from omegaconf import OmegaConf
 
 from audiocraft_ext import (
@@ -22,13 +22,6 @@ from audiocraft_ext import (
 LOAD = ValidateConfig(level="load")
 
 
-def _assert_equal_states(actual, expected):
-    assert actual.keys() == expected.keys()
-    for key, tensor in expected.items():
-        assert actual[key].dtype == tensor.dtype, key
-        assert torch.equal(actual[key], tensor), key
-
-
 @pytest.fixture(scope="module")
 def release(musicgen_ckpt, tmp_path_factory):
     return export_release(musicgen_ckpt, tmp_path_factory.mktemp("rel") / "musicgen")
@@ -41,14 +34,14 @@ def test_state_dict_bin_is_what_export_lm_writes(release, musicgen_ckpt):
     assert sorted(pkg) == ["best_state", "exported", "version", "xp.cfg"]
     assert pkg["exported"] is True and pkg["version"] == audiocraft.__version__
     assert pkg["xp.cfg"] == OmegaConf.to_yaml(source["xp.cfg"])
-    _assert_equal_states(pkg["best_state"], source["best_state"]["model"])
+    assert_same_state(pkg["best_state"], source["best_state"]["model"])
 
 
 def test_tokenizer_is_the_encodec_xp_best_state(release, encodec_ckpt):
     pkg = torch.load(release.release_dir / "compression_state_dict.bin", weights_only=True)
     source = torch_load(encodec_ckpt)
     assert OmegaConf.create(pkg["xp.cfg"]).solver == "compression"
-    _assert_equal_states(pkg["best_state"], source["best_state"]["model"])
+    assert_same_state(pkg["best_state"], source["best_state"]["model"])
 
 
 def test_manifest(release, musicgen_ckpt):
@@ -118,8 +111,7 @@ def test_state_choices_export_the_chosen_weights(fsdp_ckpt, tmp_path, state, key
     result = export_release(fsdp_ckpt, tmp_path / "rel", state=state, validate=LOAD)
     source = torch_load(fsdp_ckpt)[key]
     expected = source if key == "model" else source["model"]
-    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
-    _assert_equal_states(got, expected)
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"), expected)
     assert result.manifest["state"]["key"] == key
 
 
@@ -183,9 +175,9 @@ def test_plain_omegaconf_config(plain_cfg_ckpt, tmp_path):
 def test_output_dtype_casts_floating_tensors(musicgen_ckpt, tmp_path, dtype):
     result = export_release(musicgen_ckpt, tmp_path / "rel", dtype=dtype)  # validate=full
     target = getattr(torch, dtype)
-    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
     source = torch_load(musicgen_ckpt)["best_state"]["model"]
-    _assert_equal_states(got, {k: v.to(target) for k, v in source.items()})
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"),
+                      {k: v.to(target) for k, v in source.items()})
     assert result.manifest["state"]["dtype"] == dtype
     assert result.manifest["state"]["dtypes"] == {dtype: len(source)}
     assert all(c["ok"] for c in result.manifest["validation"]["checks"])
