@@ -1,5 +1,5 @@
-"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them. Helpers live
-in helpers.py."""
+"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them, and the app's
+composed config. Helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add o
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import ROOT, torch_load
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from audiocraft_ext.config import register_configs
 from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
 
 torch.set_num_threads(1)
@@ -106,3 +109,32 @@ def real_xps() -> dict:
     if proc.returncode != 0:
         raise AssertionError(f"training the fixture XPs failed:\n{proc.stderr[-4000:]}")
     return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+
+
+@pytest.fixture(scope="session")
+def compose_config() -> Callable[..., DictConfig]:
+    """``compose(*overrides)``: the app's config composed from conf/ and the registered
+    schemas, as export_app.py's @hydra.main composes it (``hydra=True`` keeps the hydra node)."""
+    register_configs()
+
+    def compose_(*overrides: str, hydra: bool = False) -> DictConfig:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="export", overrides=list(overrides),
+                           return_hydra_config=hydra)
+
+    return compose_
+
+
+@pytest.fixture
+def job_config(compose_config) -> Iterator[Callable[..., DictConfig]]:
+    """``job_config(*overrides)``: the config a task function receives from @hydra.main, with
+    HydraConfig set as @hydra.main sets it (unset again after the test)."""
+    def make(*overrides: str) -> DictConfig:
+        cfg = compose_config(*overrides, hydra=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield make
+    HydraConfig.instance().cfg = None

@@ -5,33 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import (
-    ROOT,
-    assert_same_state,
-    error_lines,
-    release_state,
-    run_app,
-    sha256_of,
-    torch_load,
-)
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from helpers import assert_same_state, error_lines, release_state, run_app, sha256_of, torch_load
+from omegaconf import OmegaConf
 
 from audiocraft_ext.app import run
-from audiocraft_ext.config import register_configs
-
-register_configs()
 
 
-def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="export", return_hydra_config=True, overrides=[
-            "input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={tmp_path}/rel",
-            "validate=load"])
-    HydraConfig.instance().set_config(cfg)  # what @hydra.main does before calling the task
-    with open_dict(cfg):
-        del cfg["hydra"]
+def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
+    cfg = job_config("input=checkpoint", f"input.path={musicgen_ckpt}",
+                     f"output.dir={tmp_path}/rel", "validate=load")
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
     assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt), "trust": False}
