@@ -1,5 +1,5 @@
-"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them, and the app's
-composed config. Helpers live in helpers.py."""
+"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them, the app's
+composed config, a network guard. Helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -138,3 +139,25 @@ def job_config(compose_config) -> Iterator[Callable[..., DictConfig]]:
 
     yield make
     HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """Refuse (and record) every connection to the network for the test's duration; local
+    sockets still work. The test asserts the list stays empty."""
+    attempts: list = []
+    connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise OSError(f"network disabled by the test: connect to {address!r}")
+        connect(sock, address)
+
+    def no_lookup(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(f"network disabled by the test: lookup of {host!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    return attempts

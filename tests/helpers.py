@@ -20,6 +20,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# what validate=full runs on a MusicGen release with a tokenizer, in order
+FULL_CHECKS = ["lm_file", "load_compression_model", "load_lm_model", "get_pretrained",
+               "generate"]
+
 
 def torch_load(path: Path):
     """Ground truth for our own fixtures: plain torch.load, independent of the code under test."""
@@ -70,6 +74,13 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "[ERROR]" in line]
 
 
+def imported_modules(stderr: str) -> list[str]:
+    """The modules a process imported, from its ``-X importtime`` report on stderr."""
+    names = [line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+             if line.startswith("import time:") and "|" in line]
+    return [name for name in names if name != "imported package"]  # the report's header
+
+
 def assert_same_state(actual: Mapping[str, torch.Tensor],
                       expected: Mapping[str, torch.Tensor]) -> None:
     """Assert that two state dicts hold the same keys and, key by key, tensors of the same
@@ -105,3 +116,11 @@ def _element(tensor: torch.Tensor, index: int) -> str:
     except (RuntimeError, TypeError):  # dtypes without a Python scalar: the bytes say it all
         value = "?"
     return f"{value} (bytes {raw})"
+
+
+def assert_validated(manifest: dict, checks: list[str]) -> None:
+    """Assert that the release's validation ran exactly ``checks``, in order, and each passed
+    (``checks`` must name at least one: "all passed" of none proves nothing)."""
+    assert checks, "name the checks that must have run"
+    ran = [(c["check"], c["ok"]) for c in manifest["validation"]["checks"]]
+    assert ran == [(name, True) for name in checks], ran

@@ -5,7 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import assert_same_state, error_lines, release_state, run_app, sha256_of, torch_load
+from helpers import (
+    FULL_CHECKS,
+    app_env,
+    assert_same_state,
+    assert_validated,
+    error_lines,
+    imported_modules,
+    release_state,
+    run_app,
+    sha256_of,
+    torch_load,
+)
 from omegaconf import OmegaConf
 
 from audiocraft_ext.app import run
@@ -31,8 +42,7 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     manifest = json.loads((release / "export.json").read_text())
     assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
     assert manifest["compression"]["reference"].startswith("//sig/")
-    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]] == [
-        "lm_file", "load_compression_model", "load_lm_model", "get_pretrained", "generate"]
+    assert_validated(manifest, FULL_CHECKS)
     assert manifest["config"]["validate"]["level"] == "full"
     saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
     assert saved.state.select == "auto"
@@ -94,14 +104,21 @@ def test_missing_mandatory_value(tmp_path):
     assert line.endswith("input.path is required: add input.path=... to the command")
 
 
-def test_cfg_job_and_help_are_fast_paths(tmp_path):
+def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
+    """Reading the configuration is instant: torch and audiocraft take seconds to import."""
+    env = app_env(PYTHONPROFILEIMPORTTIME="1")  # = python -X importtime: imports on stderr
     proc = run_app("--cfg", "job", "state=fsdp_best", "input=checkpoint", "input.path=x.th",
-                   cwd=tmp_path, check=True)
+                   cwd=tmp_path, check=True, env=env)
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.state.select == "fsdp_best" and cfg.input.path == "x.th"
-    helped = run_app("--help", cwd=tmp_path, check=True).stdout
-    assert "input: checkpoint, demo, xp" in helped
-    assert "state: auto, average, best, ema, fsdp_best, last" in helped
+    helped = run_app("--help", cwd=tmp_path, check=True, env=env)
+    assert "input: checkpoint, demo, xp" in helped.stdout
+    assert "state: auto, average, best, ema, fsdp_best, last" in helped.stdout
+    for stderr in (proc.stderr, helped.stderr):
+        modules = imported_modules(stderr)
+        assert "hydra" in modules and "audiocraft_ext.config" in modules  # the report works
+        assert [m for m in modules if m.split(".")[0] in ("torch", "torchaudio", "audiocraft")
+                or m == "audiocraft_ext.app"] == []
     assert not list(tmp_path.iterdir())  # neither writes outputs
 
 

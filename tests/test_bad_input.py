@@ -20,9 +20,11 @@ from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
 from helpers import (
+    FULL_CHECKS,
     app_command,
     app_env,
     assert_same_state,
+    assert_validated,
     error_lines,
     member_span,
     release_state,
@@ -216,7 +218,7 @@ def test_pretrained_tokenizer_without_the_hub(tmp_path, musicgen_ckpt):
     assert pkg["pretrained"] == "facebook/encodec_32khz"
     manifest = json.loads((rel / "export.json").read_text())
     assert manifest["validation"]["tokenizer_stand_in"].endswith("compression_state_dict.bin")
-    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]][-1] == "generate"
+    assert_validated(manifest, FULL_CHECKS)
 
 
 # --- the destination ------------------------------------------------------------------------
