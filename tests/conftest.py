@@ -1,5 +1,6 @@
-"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them, the app's
-composed config, a network guard. Helpers live in helpers.py."""
+"""Fixtures (tiny real AudioCraft XPs written the way the solvers write them, the app's
+composed config, a network guard) and the hook that marks slow tests. Helpers live in
+helpers.py."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ from audiocraft_ext.config import register_configs
 from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
 
 torch.set_num_threads(1)
+
+# Tests using these fixtures are marked slow (left out by `make test-fast`) whatever their
+# file says, so that a new one cannot forget the mark.
+SLOW_FIXTURES = {"real_xps"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & SLOW_FIXTURES or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,3 +125,11 @@ def assert_validated(manifest: dict, checks: list[str]) -> None:
     assert checks, "name the checks that must have run"
     ran = [(c["check"], c["ok"]) for c in manifest["validation"]["checks"]]
     assert ran == [(name, True) for name in checks], ran
+
+
+def slow_after_first(cases: list) -> list:
+    """``cases`` for pytest.mark.parametrize with all but the first marked slow: `make
+    test-fast` runs one representative of a family of app runs (each starts a fresh process,
+    about two seconds), `make test` runs them all. Tuples are one case's arguments."""
+    return [cases[0], *(pytest.param(*(c if isinstance(c, tuple) else (c,)),
+                                     marks=pytest.mark.slow) for c in cases[1:])]

@@ -1,10 +1,14 @@
-"""export_app.py: through hydra.compose, and as a subprocess the way users run it."""
+"""export_app.py: through hydra.compose, and as a subprocess the way users run it.
+
+Each subprocess run imports torch and audiocraft afresh: `make test-fast` keeps the error
+paths and --help/--cfg; the exports through the app (the demo too) are marked slow."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import (
     FULL_CHECKS,
     app_env,
@@ -33,6 +37,7 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
     assert saved.defaults[1] == {"input": "checkpoint"} and saved.input.path == str(musicgen_ckpt)
 
 
+@pytest.mark.slow
 def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     proc = run_app(f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     release = tmp_path / "run" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
@@ -49,6 +54,7 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     assert (tmp_path / "run" / "export_app.log").read_text().count("validate=full: lm_file ok") == 1
 
 
+@pytest.mark.slow
 def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
     run_app("input=checkpoint", f"input.path={musicgen_ckpt}", f"hydra.run.dir={tmp_path}/run",
             cwd=tmp_path, check=True)
@@ -61,6 +67,7 @@ def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "(2, 1, 32000)"
 
 
+@pytest.mark.slow
 def test_dora_signature_with_explicit_state_and_output(fsdp_ckpt, tmp_path):
     dora_dir = fsdp_ckpt.parent.parent.parent
     out = tmp_path / "release"
@@ -83,6 +90,7 @@ def test_missing_state_exits_non_zero_with_one_line(no_best_ckpt, tmp_path):
     assert not (tmp_path / no_best_ckpt.parent.name).exists()
 
 
+@pytest.mark.slow
 def test_existing_release_is_an_error_and_untouched(musicgen_ckpt, tmp_path):
     out = tmp_path / "release"
     args = ("input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={out}",
@@ -122,6 +130,7 @@ def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
     assert not list(tmp_path.iterdir())  # neither writes outputs
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
     proc = run_app("-m", "input=checkpoint", f"input.path={musicgen_ckpt},{fsdp_ckpt}",
                    "validate=load", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, check=True)
@@ -137,6 +146,7 @@ def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
         assert str(release) in proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_console_script_runs_the_same_app(musicgen_ckpt, tmp_path):
     script = Path(sys.executable).parent / "audiocraft-export"
     proc = subprocess.run([str(script), "input=checkpoint", f"input.path={musicgen_ckpt}",

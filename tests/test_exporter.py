@@ -72,6 +72,7 @@ def test_manifest(release, musicgen_ckpt):
     assert checks["generate"]["shapes"] == {"unconditional": [1, 1, 32000], "text": [1, 1, 32000]}
 
 
+@pytest.mark.slow
 def test_a_separate_process_loads_it_with_get_pretrained(release):
     code = ("import sys, torch; from audiocraft.models import MusicGen; "
             "m = MusicGen.get_pretrained(sys.argv[1], device='cpu'); "

@@ -1,4 +1,6 @@
-"""Multirun sweeps over checkpoints on each launcher, the sweep summary, and re-runs."""
+"""Multirun sweeps over checkpoints on each launcher, the sweep summary, and re-runs.
+
+Every test runs several exports through the app (and a launcher): all are slow."""
 
 import json
 import os
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, app_env, assert_same_state, release_state, run_app, sha256_of
+
+pytestmark = pytest.mark.slow
 
 
 def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
