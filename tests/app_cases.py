@@ -5,8 +5,7 @@ import re
 from pathlib import Path
 
 import torch
-
-from conftest import error_lines, run_app, torch_load
+from helpers import error_lines, run_app, torch_load
 
 
 def rejected(tmp_path: Path, *overrides: str, message: str, keep: tuple = (), **kwargs) -> None:

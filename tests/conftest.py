@@ -1,33 +1,43 @@
-"""Fixtures: tiny real AudioCraft XPs written the way the solvers write them."""
+"""Fixtures (tiny real AudioCraft XPs written the way the solvers write them, the app's
+composed config, a network guard) and the hook that marks slow tests. Helpers live in
+helpers.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
 
-import struct
+import socket
 import subprocess
 import sys
-import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers import ROOT, torch_load
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from audiocraft_ext.config import register_configs
 from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
 
-ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
+# Tests using these fixtures are marked slow (left out by `make test-fast`) whatever their
+# file says, so that a new one cannot forget the mark.
+SLOW_FIXTURES = {"real_xps"}
 
-def torch_load(path: Path):
-    """Ground truth for our own fixtures: plain torch.load, independent of the code under test."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & SLOW_FIXTURES or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -103,45 +113,6 @@ def no_best_ckpt(derived_ckpt) -> Path:
     return derived_ckpt("nobest", edit)
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def member_span(path: Path, member: str) -> tuple[int, int]:
-    """(offset, size) of a zip member's data in the file, e.g. member="data/3"."""
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(f"{zf.namelist()[0].split('/')[0]}/{member}")
-    with open(path, "rb") as f:
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = struct.unpack("<HH", f.read(4))  # the local header's, not the
-    return info.header_offset + 30 + name_len + extra_len, info.file_size  # central one's
-
-
-def app_command(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "export_app.py"), *args]
-
-
-def app_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def run_app(*args: str, cwd: Path, check: bool = False, env: dict | None = None,
-            preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
-    """Run export_app.py as a user would, in a fresh process."""
-    proc = subprocess.run(app_command(*args), cwd=cwd, env=env or app_env(),
-                          capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"export_app failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "[ERROR]" in line]
-
-
 @pytest.fixture(scope="session")
 def real_xps() -> dict:
     """XPs written by audiocraft's own training entry point (`dora run` on CPU): an EnCodec
@@ -152,3 +123,54 @@ def real_xps() -> dict:
     if proc.returncode != 0:
         raise AssertionError(f"training the fixture XPs failed:\n{proc.stderr[-4000:]}")
     return json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+
+
+@pytest.fixture(scope="session")
+def compose_config() -> Callable[..., DictConfig]:
+    """``compose(*overrides)``: the app's config composed from conf/ and the registered
+    schemas, as export_app.py's @hydra.main composes it (``hydra=True`` keeps the hydra node)."""
+    register_configs()
+
+    def compose_(*overrides: str, hydra: bool = False) -> DictConfig:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="export", overrides=list(overrides),
+                           return_hydra_config=hydra)
+
+    return compose_
+
+
+@pytest.fixture
+def job_config(compose_config) -> Iterator[Callable[..., DictConfig]]:
+    """``job_config(*overrides)``: the config a task function receives from @hydra.main, with
+    HydraConfig set as @hydra.main sets it (unset again after the test)."""
+    def make(*overrides: str) -> DictConfig:
+        cfg = compose_config(*overrides, hydra=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield make
+    HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """Refuse (and record) every connection to the network for the test's duration; local
+    sockets still work. The test asserts the list stays empty."""
+    attempts: list = []
+    connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise OSError(f"network disabled by the test: connect to {address!r}")
+        connect(sock, address)
+
+    def no_lookup(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(f"network disabled by the test: lookup of {host!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    return attempts

@@ -21,9 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import audiocraft.models  # noqa: E402,F401  (imported once, before forking)
 import torch  # noqa: E402  (after the thread count)
 
-import audiocraft.models  # noqa: E402,F401  (imported once, before forking)
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release  # noqa: E402
 from audiocraft_ext.inspection import format_inspection, inspect_checkpoint  # noqa: E402
 from audiocraft_ext.sources import resolve_checkpoint  # noqa: E402

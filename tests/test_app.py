@@ -1,30 +1,34 @@
-"""export_app.py: through hydra.compose, and as a subprocess the way users run it."""
+"""export_app.py: through hydra.compose, and as a subprocess the way users run it.
+
+Each subprocess run imports torch and audiocraft afresh: `make test-fast` keeps the error
+paths and --help/--cfg; the exports through the app (the demo too) are marked slow."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+import pytest
+from helpers import (
+    FULL_CHECKS,
+    app_env,
+    assert_same_state,
+    assert_validated,
+    error_lines,
+    imported_modules,
+    release_state,
+    run_app,
+    sha256_of,
+    torch_load,
+)
+from omegaconf import OmegaConf
 
 from audiocraft_ext.app import run
-from audiocraft_ext.config import register_configs
-from conftest import ROOT, error_lines, run_app, sha256_of
-
-register_configs()
 
 
-def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="export", return_hydra_config=True, overrides=[
-            "input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={tmp_path}/rel",
-            "validate=load"])
-    HydraConfig.instance().set_config(cfg)  # what @hydra.main does before calling the task
-    with open_dict(cfg):
-        del cfg["hydra"]
+def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
+    cfg = job_config("input=checkpoint", f"input.path={musicgen_ckpt}",
+                     f"output.dir={tmp_path}/rel", "validate=load")
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
     assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt), "trust": False}
@@ -33,6 +37,7 @@ def test_run_on_a_composed_config(musicgen_ckpt, tmp_path):
     assert saved.defaults[1] == {"input": "checkpoint"} and saved.input.path == str(musicgen_ckpt)
 
 
+@pytest.mark.slow
 def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     proc = run_app(f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     release = tmp_path / "run" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
@@ -42,14 +47,14 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     manifest = json.loads((release / "export.json").read_text())
     assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
     assert manifest["compression"]["reference"].startswith("//sig/")
-    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]] == [
-        "lm_file", "load_compression_model", "load_lm_model", "get_pretrained", "generate"]
+    assert_validated(manifest, FULL_CHECKS)
     assert manifest["config"]["validate"]["level"] == "full"
     saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
     assert saved.state.select == "auto"
     assert (tmp_path / "run" / "export_app.log").read_text().count("validate=full: lm_file ok") == 1
 
 
+@pytest.mark.slow
 def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
     run_app("input=checkpoint", f"input.path={musicgen_ckpt}", f"hydra.run.dir={tmp_path}/run",
             cwd=tmp_path, check=True)
@@ -62,6 +67,7 @@ def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "(2, 1, 32000)"
 
 
+@pytest.mark.slow
 def test_dora_signature_with_explicit_state_and_output(fsdp_ckpt, tmp_path):
     dora_dir = fsdp_ckpt.parent.parent.parent
     out = tmp_path / "release"
@@ -84,6 +90,7 @@ def test_missing_state_exits_non_zero_with_one_line(no_best_ckpt, tmp_path):
     assert not (tmp_path / no_best_ckpt.parent.name).exists()
 
 
+@pytest.mark.slow
 def test_existing_release_is_an_error_and_untouched(musicgen_ckpt, tmp_path):
     out = tmp_path / "release"
     args = ("input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={out}",
@@ -105,31 +112,41 @@ def test_missing_mandatory_value(tmp_path):
     assert line.endswith("input.path is required: add input.path=... to the command")
 
 
-def test_cfg_job_and_help_are_fast_paths(tmp_path):
+def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
+    """Reading the configuration is instant: torch and audiocraft take seconds to import."""
+    env = app_env(PYTHONPROFILEIMPORTTIME="1")  # = python -X importtime: imports on stderr
     proc = run_app("--cfg", "job", "state=fsdp_best", "input=checkpoint", "input.path=x.th",
-                   cwd=tmp_path, check=True)
+                   cwd=tmp_path, check=True, env=env)
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.state.select == "fsdp_best" and cfg.input.path == "x.th"
-    helped = run_app("--help", cwd=tmp_path, check=True).stdout
-    assert "input: checkpoint, demo, xp" in helped
-    assert "state: auto, average, best, ema, fsdp_best, last" in helped
+    helped = run_app("--help", cwd=tmp_path, check=True, env=env)
+    assert "input: checkpoint, demo, xp" in helped.stdout
+    assert "state: auto, average, best, ema, fsdp_best, last" in helped.stdout
+    for stderr in (proc.stderr, helped.stderr):
+        modules = imported_modules(stderr)
+        assert "hydra" in modules and "audiocraft_ext.config" in modules  # the report works
+        assert [m for m in modules if m.split(".")[0] in ("torch", "torchaudio", "audiocraft")
+                or m == "audiocraft_ext.app"] == []
     assert not list(tmp_path.iterdir())  # neither writes outputs
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
     proc = run_app("-m", "input=checkpoint", f"input.path={musicgen_ckpt},{fsdp_ckpt}",
                    "validate=load", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, check=True)
-    releases = {}
-    for job, ckpt in enumerate([musicgen_ckpt, fsdp_ckpt]):
+    # state=auto: best_state of the first, the (different) fsdp_best_state of the second
+    for job, (ckpt, key) in enumerate([(musicgen_ckpt, "best_state"),
+                                       (fsdp_ckpt, "fsdp_best_state")]):
         release = tmp_path / "sweep" / str(job) / ckpt.parent.name
         manifest = json.loads((release / "export.json").read_text())
         assert manifest["source"]["path"] == str(ckpt)
-        releases[job] = torch.load(release / "state_dict.bin", weights_only=True)["best_state"]
+        assert_same_state(release_state(release / "state_dict.bin"),
+                          torch_load(ckpt)[key]["model"])
         assert (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").exists()
         assert str(release) in proc.stdout.splitlines()
-    assert not torch.equal(releases[0]["emb.0.weight"], releases[1]["emb.0.weight"])
 
 
+@pytest.mark.slow
 def test_console_script_runs_the_same_app(musicgen_ckpt, tmp_path):
     script = Path(sys.executable).parent / "audiocraft-export"
     proc = subprocess.run([str(script), "input=checkpoint", f"input.path={musicgen_ckpt}",

@@ -4,6 +4,9 @@ Each case runs the real app in a fresh process on a checkpoint crafted as an att
 one (raw pickle opcodes spliced into a real checkpoint, see ``crafted``) or on a destination a
 user could plausibly type, and requires exit status 1 with one ``[ERROR]`` line (or, for
 legitimate input, a correct release), the source and the destination untouched.
+
+A process costs about two seconds: `make test-fast` runs the in-process cases and the first
+case of each family (``slow_after_first``), `make test` all of them.
 """
 
 from __future__ import annotations
@@ -14,15 +17,25 @@ import re
 import zipfile
 from pathlib import Path
 
+import crafted as c
 import pytest
 import torch
+from app_cases import checkpoint_copy, input_args, rejected
+from helpers import (
+    app_env,
+    assert_same_state,
+    assert_validated,
+    error_lines,
+    release_state,
+    run_app,
+    sha256_of,
+    slow_after_first,
+    torch_load,
+)
 from omegaconf import OmegaConf
 
-import crafted as c
-from app_cases import checkpoint_copy, input_args, rejected
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
 from audiocraft_ext.safe_load import load_checkpoint
-from conftest import app_env, error_lines, run_app, sha256_of, torch_load
 
 NONE = ValidateConfig(level="none")
 
@@ -92,7 +105,7 @@ PROGRAMS = {
 
 
 @pytest.mark.parametrize("mode", ["export", "inspect"])
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("name", slow_after_first(sorted(PROGRAMS)))
 def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
     program, message = PROGRAMS[name]
     place = c.as_state_value if name.startswith("torch") or "Tensor" in name else c.in_history
@@ -101,6 +114,7 @@ def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
              env=app_env(SECRET="hunter2"))
 
 
+@pytest.mark.slow
 def test_a_config_node_without_a_value(tmp_path, musicgen_ckpt):
     """Found by the byte-mutation fuzzer: a config node whose state lost its value."""
     node = c.build(c.newobj(c.glob("omegaconf.nodes", "AnyNode")),
@@ -112,6 +126,7 @@ def test_a_config_node_without_a_value(tmp_path, musicgen_ckpt):
              message=r"checkpoint.th: its xp.cfg is damaged \(a AnyNode without a value\)$")
 
 
+@pytest.mark.slow
 def test_deep_nesting_is_refused_before_it_is_built(tmp_path, musicgen_ckpt):
     """A 300,000-deep tuple as a state key: the C unpickler would hash it by recursion."""
     path = _crafted(tmp_path, musicgen_ckpt, c.as_state_key,
@@ -140,6 +155,7 @@ def test_memory_bombs_are_refused_before_anything_is_built(tmp_path, musicgen_ck
         load_checkpoint(zipped)
 
 
+@pytest.mark.slow
 def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
     """5,000 lists, each appended into the previous one after all were built: the opcode scan
     sees depth 1, inspection must still not recurse past its bound."""
@@ -154,7 +170,7 @@ def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
     assert proc.stdout.startswith("checkpoint ") and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("view, message", [
+@pytest.mark.parametrize("view, message", slow_after_first([
     ("past-the-end", r"reaches element \d+ of a storage of \d+ elements \(size, stride or offset "
                      r"outside the storage\)$"),
     ("offset", r"reaches element \d+ of a storage"),
@@ -165,7 +181,7 @@ def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
     ("negative-stride", r"a tensor's stride is not a list of at most 64 non-negative ints$"),
     ("numel-not-an-int", r"a storage reference with a malformed type, key, location or size$"),
     ("storage-type-not-a-storage", r"a storage reference with a malformed type"),
-])
+]))
 def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt, view, message):
     """Refused while reading, so nothing is published even with validate=none."""
     key, numel = _first_storage(musicgen_ckpt)
@@ -189,7 +205,8 @@ def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt,
     rejected(tmp_path, *input_args(path), "validate=none", message=message)
 
 
-@pytest.mark.parametrize("target", ["view", "storage", "function", "class", "type-token"])
+@pytest.mark.parametrize("target", slow_after_first(["view", "storage", "function", "class",
+                                                     "type-token"]))
 def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, target):
     """BUILD sets attributes: on a checked view it would make it a stride-0 giant, on an
     allowed function or class it would change it for every later load in the process."""
@@ -220,6 +237,7 @@ def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, ta
     rejected(tmp_path, *input_args(path), "validate=load", message=message)
 
 
+@pytest.mark.slow
 def test_many_repeating_views_of_one_storage(tmp_path, musicgen_ckpt):
     """Each view within the per-view bound, together 6.7 GB read from 64 bytes."""
     many = c.dct(*((c.text(f"w{i}"), c.tensor_v2(c.storage("9999", 32), 0, (1 << 24,), (0,)))
@@ -230,6 +248,7 @@ def test_many_repeating_views_of_one_storage(tmp_path, musicgen_ckpt):
                      r"their storages hold 64: views that repeat their storages; refusing$")
 
 
+@pytest.mark.slow
 def test_injected_names_stay_on_one_short_line(tmp_path, musicgen_ckpt):
     forged = "\n[2026-01-01 00:00:00,000][export_app][ERROR] - forged"
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, c.stack_global(f"os{forged}", "system"))
@@ -281,12 +300,8 @@ def test_dtypes_saved_with_rebuild_v3_are_read_and_exported(tmp_path, musicgen_c
 
     path = checkpoint_copy(tmp_path, musicgen_ckpt, edit)
     result = export_release(path, tmp_path / "rel", validate=NONE, compression=NoCompression())
-    got = torch.load(result.release_dir / "state_dict.bin", weights_only=True)["best_state"]
-    want = torch_load(path)["best_state"]["model"]
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key].dtype == want[key].dtype, key
-        assert torch.equal(got[key].view(torch.uint8), want[key].view(torch.uint8)), key
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"),
+                      torch_load(path)["best_state"]["model"])
 
 
 def test_nan_in_a_state_validates(tmp_path, musicgen_ckpt):
@@ -295,8 +310,9 @@ def test_nan_in_a_state_validates(tmp_path, musicgen_ckpt):
 
     path = checkpoint_copy(tmp_path, musicgen_ckpt, edit)
     result = export_release(path, tmp_path / "rel", validate=ValidateConfig(level="load"))
-    assert [c_["check"] for c_ in result.manifest["validation"]["checks"] if c_["ok"]] == [
-        "lm_file", "load_compression_model", "load_lm_model"]
+    assert_validated(result.manifest, ["lm_file", "load_compression_model", "load_lm_model"])
+    assert_same_state(release_state(result.release_dir / "state_dict.bin"),
+                      torch_load(path)["best_state"]["model"])  # the NaN too, bit for bit
 
 
 # --- the destination can never destroy user data ------------------------------------------
@@ -323,7 +339,7 @@ def _refused_destination(tmp_path: Path, source: Path, dest: str, message: str,
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("where, message", [
+@pytest.mark.parametrize("where, message", slow_after_first([
     ("xp-folder", r"/dora/xps/\w+ is /.*/dora/xps/\w+, which holds the checkpoint being "
                   r"exported; a release is never written there"),
     ("xps", r"/dora/xps contains .*, which holds the checkpoint being exported"),
@@ -337,7 +353,7 @@ def _refused_destination(tmp_path: Path, source: Path, dest: str, message: str,
     ("empty-folder", r"exists and is not a release folder \(it is empty\)"),
     ("symlink", r"is a symbolic link; a release is never written through one"),
     ("dangling-symlink", r"is a symbolic link; a release is never written through one"),
-])
+]))
 def test_overwrite_never_replaces_user_data(tmp_path, musicgen_ckpt, where, message):
     source = checkpoint_copy(tmp_path, musicgen_ckpt)
     xp = source.parent
@@ -363,6 +379,7 @@ def test_overwrite_never_replaces_user_data(tmp_path, musicgen_ckpt, where, mess
     assert (mine / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_symlinked_lock_is_never_followed(tmp_path, musicgen_ckpt):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -376,6 +393,7 @@ def test_symlinked_lock_is_never_followed(tmp_path, musicgen_ckpt):
 
 
 @pytest.mark.parametrize("name", ["rel[1]", "*", "?el1", "rel*"])
+@pytest.mark.slow
 def test_glob_characters_in_a_name_touch_no_other_release(tmp_path, musicgen_ckpt, name):
     out = tmp_path / "out"
     other_staging = out / ".rel1.staging-424242"  # a concurrent export of out/rel1
@@ -391,6 +409,7 @@ def test_glob_characters_in_a_name_touch_no_other_release(tmp_path, musicgen_ckp
         [name, other_staging.name, other_aside.name])
 
 
+@pytest.mark.slow
 def test_recovery_removes_only_what_an_export_left(tmp_path, musicgen_ckpt):
     out = tmp_path / "out"
     planted = out / ".release.staging-7"  # a name of ours, holding a user's file
@@ -416,7 +435,7 @@ def _cfg_edit(**values):
     return edit
 
 
-@pytest.mark.parametrize("values, overrides, message", [
+@pytest.mark.parametrize("values, overrides, message", slow_after_first([
     ({"solver": "${oc.env:SECRET}"}, (),
      r"xp.cfg's solver is an interpolation \('\$\{oc.env:SECRET\}'\), which the exporter never "
      r"resolves"),
@@ -438,7 +457,7 @@ def _cfg_edit(**values):
     ({"dataset__segment_duration": "thirty"}, (),
      r"MusicGen.get_pretrained needs a number of seconds in xp.cfg's "
      r"dataset.segment_duration, which holds 'thirty'$"),
-], ids=["env-solver", "env-tokenizer", "env-in-model", "cycle", "missing-key",
+]), ids=["env-solver", "env-tokenizer", "env-in-model", "cycle", "missing-key",
         "unknown-resolver", "non-numeric-segment"])
 def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrides, message):
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**values))
@@ -449,6 +468,7 @@ def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrid
             assert b"hunter2-secret" not in file.read_bytes(), file
 
 
+@pytest.mark.slow
 def test_a_tokenizer_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicgen_ckpt):
     """//sig/<sig> comes from the checkpoint: "../" would bundle any checkpoint.th on this
     machine into a release its user then shares."""
@@ -462,6 +482,7 @@ def test_a_tokenizer_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicge
                      r"an XP signature \(letters, digits, '_' and '-'\)$")
 
 
+@pytest.mark.slow
 def test_env_interpolations_are_published_unresolved(tmp_path, musicgen_ckpt):
     """validate=none publishes the config as written: the variable, never its value."""
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**{
@@ -490,6 +511,7 @@ def test_read_only_config_with_null_conditioners_is_repaired(tmp_path, musicgen_
 
 
 # --- inputs that are not checkpoint files -------------------------------------------------
+@pytest.mark.slow
 def test_devices_fifos_and_folders_are_named_for_what_they_are(tmp_path, musicgen_ckpt):
     fifo = tmp_path / "pipe.th"
     os.mkfifo(fifo)
@@ -503,6 +525,7 @@ def test_devices_fifos_and_folders_are_named_for_what_they_are(tmp_path, musicge
              message=r"xp/checkpoint.th is not a checkpoint file \(a folder\)$")
 
 
+@pytest.mark.slow
 def test_empty_fsdp_state_warns_and_best_state_without_model_says_so(tmp_path, musicgen_ckpt):
     path = checkpoint_copy(tmp_path, musicgen_ckpt,
                            lambda pkg: pkg.update(fsdp_best_state={"model": {}}))
@@ -534,6 +557,7 @@ def test_a_checkpoint_truncated_while_it_is_read(tmp_path, musicgen_ckpt):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+@pytest.mark.slow
 def test_unreadable_checkpoint(tmp_path, musicgen_ckpt):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(musicgen_ckpt.read_bytes())

@@ -1,5 +1,6 @@
 """Bad input: each case exits 1 with one readable line on stderr and changes nothing at the
-destination. Every case runs the real app in a fresh process."""
+destination. Every case runs the real app in a fresh process (about two seconds): `make
+test-fast` keeps a missing file and a malicious pickle, `make test` runs them all."""
 
 import fcntl
 import importlib
@@ -16,13 +17,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
+from helpers import (
+    FULL_CHECKS,
+    app_command,
+    app_env,
+    assert_same_state,
+    assert_validated,
+    error_lines,
+    member_span,
+    release_state,
+    run_app,
+    sha256_of,
+    slow_after_first,
+    torch_load,
+)
+from omegaconf import OmegaConf
+
 from audiocraft_ext.safe_load import load_checkpoint
-from conftest import app_command, app_env, error_lines, member_span, run_app, sha256_of, torch_load
 
 
 # --- files that are not checkpoints ---------------------------------------------------------
@@ -31,12 +45,14 @@ def test_missing_path(tmp_path):
               message=r"nope.th: no such checkpoint file or XP folder$")
 
 
+@pytest.mark.slow
 def test_folder_without_checkpoint(tmp_path):
     (tmp_path / "xp").mkdir()
     _rejected(tmp_path, *_input(tmp_path / "xp"),
               message=r"xp is a folder without checkpoint.th and no checkpoint\*.th at all$")
 
 
+@pytest.mark.slow
 def test_fsdp_rank_shard(tmp_path, musicgen_ckpt):
     shard = _checkpoint(tmp_path, musicgen_ckpt, name="checkpoint.th.3")
     _rejected(tmp_path, *_input(shard),
@@ -51,12 +67,14 @@ def test_fsdp_rank_shard(tmp_path, musicgen_ckpt):
     (b"solver: musicgen\ndataset:\n  segment_duration: 30\n",
      r"is not a readable torch checkpoint: "),
 ], ids=["empty", "random-bytes", "text"])
+@pytest.mark.slow
 def test_not_a_checkpoint(tmp_path, content, message):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(content)
     _rejected(tmp_path, *_input(path), message=message)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint(tmp_path, musicgen_ckpt):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(musicgen_ckpt.read_bytes()[: musicgen_ckpt.stat().st_size // 2])
@@ -65,6 +83,7 @@ def test_truncated_checkpoint(tmp_path, musicgen_ckpt):
                       r"zip directory \(at the end of the file\) is missing$")
 
 
+@pytest.mark.slow
 def test_corrupt_member_of_the_exported_state(tmp_path, musicgen_ckpt):
     path = _checkpoint(tmp_path, musicgen_ckpt)
     key = load_checkpoint(path)["best_state"]["model"]["emb.0.weight"].storage.key
@@ -76,6 +95,7 @@ def test_corrupt_member_of_the_exported_state(tmp_path, musicgen_ckpt):
               message=rf"is damaged: its record 'data/{key}' does not match its CRC-32$")
 
 
+@pytest.mark.slow
 def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, musicgen_ckpt):
     path = tmp_path / "legacy" / "checkpoint.th"
     path.parent.mkdir()
@@ -85,9 +105,8 @@ def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, musicgen_ckpt):
                                                r"cannot be read safely; re-save it with torch.save")
     run_app(*_input(path), "compression=none", "input.trust=true", f"output.dir={tmp_path / 'rel'}",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
-    got = torch.load(tmp_path / "rel" / "state_dict.bin", weights_only=True)["best_state"]
-    want = torch_load(musicgen_ckpt)["best_state"]["model"]
-    assert all(torch.equal(got[k], want[k]) for k in want) and got.keys() == want.keys()
+    assert_same_state(release_state(tmp_path / "rel" / "state_dict.bin"),
+                      torch_load(musicgen_ckpt)["best_state"]["model"])
 
 
 # --- code in the pickle ---------------------------------------------------------------------
@@ -112,8 +131,9 @@ def _gadgets(marker: Path) -> dict[str, _Gadget]:
 
 
 @pytest.mark.parametrize("where", ["history", "xp.cfg"])
-@pytest.mark.parametrize("gadget", ["os.system", "subprocess.Popen", "builtins.eval",
-                                    "builtins.exec", "importlib.import_module"])
+@pytest.mark.parametrize("gadget", slow_after_first(["os.system", "subprocess.Popen",
+                                                     "builtins.eval", "builtins.exec",
+                                                     "importlib.import_module"]))
 def test_malicious_pickle_is_refused_before_running(tmp_path, musicgen_ckpt, gadget, where):
     marker = tmp_path / "payload-ran"
     (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
@@ -132,6 +152,7 @@ def test_malicious_pickle_is_refused_before_running(tmp_path, musicgen_ckpt, gad
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trust_is_an_explicit_loud_opt_out(tmp_path, musicgen_ckpt):
     def edit(pkg):
         pkg["history"][0]["train"]["finished"] = datetime(2026, 1, 1)
@@ -156,10 +177,12 @@ def test_trust_is_an_explicit_loud_opt_out(tmp_path, musicgen_ckpt):
     (lambda pkg: pkg.update({"xp.cfg": "solver: musicgen"}),
      r"has no xp.cfg config \(str\): not an AudioCraft"),
 ], ids=["no-states", "empty-states", "no-cfg", "cfg-not-a-config"])
+@pytest.mark.slow
 def test_checkpoint_lacks_what_a_release_needs(tmp_path, musicgen_ckpt, edit, message):
     _rejected(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), message=message)
 
 
+@pytest.mark.slow
 def test_state_that_does_not_match_its_config(tmp_path, musicgen_ckpt):
     def edit(pkg):
         state = pkg["best_state"]["model"]
@@ -175,11 +198,13 @@ def test_state_that_does_not_match_its_config(tmp_path, musicgen_ckpt):
 
 
 # --- the tokenizer --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_tokenizer_signature(tmp_path, musicgen_xp):
     _rejected(tmp_path, *_input(musicgen_xp(compression="//sig/0badc0de")),
               message=r"cannot resolve the tokenizer //sig/0badc0de: no XP '0badc0de' in ")
 
 
+@pytest.mark.slow
 def test_missing_tokenizer_file(tmp_path, musicgen_ckpt):
     _rejected(tmp_path, *_input(musicgen_ckpt), "compression=checkpoint",
               f"compression.path={tmp_path / 'encodec.th'}",
@@ -187,6 +212,7 @@ def test_missing_tokenizer_file(tmp_path, musicgen_ckpt):
                       r"checkpoint file or XP folder$")
 
 
+@pytest.mark.slow
 def test_pretrained_tokenizer_without_the_hub(tmp_path, musicgen_ckpt):
     args = (*_input(musicgen_ckpt), "compression=pretrained",
             "compression.name=facebook/encodec_32khz")
@@ -207,10 +233,11 @@ def test_pretrained_tokenizer_without_the_hub(tmp_path, musicgen_ckpt):
     assert pkg["pretrained"] == "facebook/encodec_32khz"
     manifest = json.loads((rel / "export.json").read_text())
     assert manifest["validation"]["tokenizer_stand_in"].endswith("compression_state_dict.bin")
-    assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]][-1] == "generate"
+    assert_validated(manifest, FULL_CHECKS)
 
 
 # --- the destination ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_output_exists_and_stays_untouched(tmp_path, musicgen_ckpt):
     dest = tmp_path / "out" / "release"
     run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
@@ -225,6 +252,7 @@ def test_output_exists_and_stays_untouched(tmp_path, musicgen_ckpt):
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_failed_overwrite_keeps_the_old_release(tmp_path, musicgen_ckpt, musicgen_xp):
     dest = tmp_path / "out" / "release"
     run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
@@ -240,6 +268,7 @@ def test_failed_overwrite_keeps_the_old_release(tmp_path, musicgen_ckpt, musicge
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
+@pytest.mark.slow
 def test_output_location_not_writable(tmp_path, musicgen_ckpt, where):
     (tmp_path / "file").write_text("not a folder")
     dest = tmp_path / "file" / "release" if where == "under-a-file" else Path("/proc/acx/release")
@@ -251,6 +280,7 @@ def test_output_location_not_writable(tmp_path, musicgen_ckpt, where):
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_disk_full_mid_write(tmp_path, musicgen_ckpt):
     limit = musicgen_ckpt.stat().st_size // 20  # far below the LM file, above Hydra's own files
 
@@ -262,6 +292,7 @@ def test_disk_full_mid_write(tmp_path, musicgen_ckpt):
                       rf"large \(the file size limit, ulimit -f, is {limit} bytes\)$")
 
 
+@pytest.mark.slow
 def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, musicgen_ckpt):
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".release.lock", "w") as lock:
@@ -270,6 +301,7 @@ def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, musicgen_ckp
                   message=r"another export is writing .*/out/release right now$")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_path, musicgen_ckpt):
     dest = tmp_path / "out" / "release"
     args = (*_input(musicgen_ckpt), f"output.dir={dest}")
@@ -290,4 +322,5 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
     assert not staging.exists()
     assert sorted(p.name for p in dest.iterdir()) == [
         "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
-    assert OmegaConf.create(json.loads((dest / "export.json").read_text())["config"]).validate.level == "load"
+    config = OmegaConf.create(json.loads((dest / "export.json").read_text())["config"])
+    assert config.validate.level == "load"

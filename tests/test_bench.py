@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # builds a checkpoint of over 400 MB and exports it five ways
 
 
 def test_quick_preset_produces_the_table_and_json(tmp_path):

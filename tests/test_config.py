@@ -1,23 +1,14 @@
 """The configuration as Hydra composes it from conf/ and the registered schemas."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from audiocraft_ext import config as schemas
-from conftest import ROOT
-
-schemas.register_configs()
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="export", overrides=list(overrides))
-
-
-def test_defaults():
-    cfg = _compose()
+def test_defaults(compose_config):
+    cfg = compose_config()
     assert OmegaConf.get_type(cfg.input) is schemas.DemoInput
     assert cfg.state.select == schemas.StateChoice.auto
     assert OmegaConf.get_type(cfg.compression) is schemas.AutoCompression
@@ -34,21 +25,21 @@ def test_defaults():
      schemas.CheckpointCompression),
     (["compression=none"], "compression", schemas.NoCompression),
 ])
-def test_every_option_composes_onto_its_schema(overrides, group, schema):
-    cfg = _compose(*overrides)
+def test_every_option_composes_onto_its_schema(compose_config, overrides, group, schema):
+    cfg = compose_config(*overrides)
     assert OmegaConf.get_type(cfg[group]) is schema
     obj = OmegaConf.to_object(cfg[group])
     assert isinstance(obj, schema)
 
 
-@pytest.mark.parametrize("option", ["auto", "fsdp_best", "best", "last"])
-def test_state_options(option):
-    assert _compose(f"state={option}").state.select == schemas.StateChoice(option)
+@pytest.mark.parametrize("option", ["auto", "fsdp_best", "best", "last", "ema", "average"])
+def test_state_options(compose_config, option):
+    assert compose_config(f"state={option}").state.select == schemas.StateChoice(option)
 
 
 @pytest.mark.parametrize("option", ["full", "load", "none"])
-def test_validate_options(option):
-    assert _compose(f"validate={option}").validate.level == schemas.ValidateLevel(option)
+def test_validate_options(compose_config, option):
+    assert compose_config(f"validate={option}").validate.level == schemas.ValidateLevel(option)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -58,7 +49,7 @@ def test_validate_options(option):
     ("state.select=newest", "Invalid value 'newest'"),
     ("state=newest", "Could not find 'state/newest'"),
 ])
-def test_typos_and_wrong_types_fail_at_composition(override, message):
+def test_typos_and_wrong_types_fail_at_composition(compose_config, override, message):
     with pytest.raises(ConfigCompositionException) as info:
-        _compose(override)
+        compose_config(override)
     assert message in str(info.value) + str(info.value.__cause__)

@@ -21,12 +21,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import crafted as c
 import pytest
+from helpers import ROOT, torch_load
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import crafted as c
-from conftest import ROOT, torch_load
+pytestmark = pytest.mark.slow  # 300 cases, each a forked export: about 40 s
 
 EXAMPLES = int(os.environ.get("FUZZ_PICKLE_EXAMPLES", "300"))
 FILL = 0x3C  # every storage byte of the fuzzed checkpoints (float16 0x3C3C = 1.06)

@@ -3,13 +3,13 @@ import pickle
 
 import pytest
 import torch
+from helpers import assert_same_state, torch_load
 from omegaconf import DictConfig, OmegaConf
 
-from audiocraft_ext.errors import ExportError
 from audiocraft_ext.allowlist import PickledConfig
+from audiocraft_ext.errors import ExportError
 from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
 from audiocraft_ext.xp_config import xp_config
-from conftest import torch_load
 
 SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
                "optimizer", "lr_scheduler", "ema"]
@@ -65,7 +65,7 @@ def test_legacy_non_zip_format_is_read_only_when_trusted(tmp_path):
                                           r"cannot be read safely; re-save it"):
         load_checkpoint(path)
     loaded = load_checkpoint(path, trust=True)
-    assert torch.equal(loaded["best_state"]["model"]["w"], torch.arange(3.0))
+    assert_same_state(loaded["best_state"]["model"], {"w": torch.arange(3.0)})
 
 
 @pytest.mark.parametrize("content, message", [

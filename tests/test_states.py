@@ -36,7 +36,8 @@ def test_missing_states_are_errors_not_asserts(no_best_ckpt):
     with pytest.raises(ExportError, match="no usable best state: fsdp_best_state and "
                                           "best_state are empty"):
         select_state(pkg, "auto", source="ckpt")
-    with pytest.raises(ExportError, match="state=fsdp_best needs 'fsdp_best_state', which is empty"):
+    with pytest.raises(ExportError,
+                       match="state=fsdp_best needs 'fsdp_best_state', which is empty"):
         select_state(pkg, "fsdp_best", source="ckpt")
     del pkg["best_state"]
     with pytest.raises(ExportError, match="state=best needs 'best_state', which is missing"):

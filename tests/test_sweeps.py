@@ -1,4 +1,6 @@
-"""Multirun sweeps over checkpoints on each launcher, the sweep summary, and re-runs."""
+"""Multirun sweeps over checkpoints on each launcher, the sweep summary, and re-runs.
+
+Every test runs several exports through the app (and a launcher): all are slow."""
 
 import json
 import os
@@ -8,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import ROOT, app_env, assert_same_state, release_state, run_app, sha256_of
 
-from conftest import ROOT, run_app, sha256_of
+pytestmark = pytest.mark.slow
 
 
 def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
@@ -98,9 +100,8 @@ def test_rerun_from_the_saved_config_gives_the_same_bytes(musicgen_ckpt, tmp_pat
             f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
     for name in ("state_dict.bin", "compression_state_dict.bin"):
         assert sha256_of(again / name) == sha256_of(first / name)
-    a = torch.load(first / "state_dict.bin", weights_only=True)["best_state"]
-    b = torch.load(again / "state_dict.bin", weights_only=True)["best_state"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_state(release_state(again / "state_dict.bin"),
+                      release_state(first / "state_dict.bin"))
     m1, m2 = (json.loads((d / "export.json").read_text()) for d in (first, again))
     assert m1["config"] == {**m2["config"], "output": {**m2["config"]["output"], "dir": str(first)}}
 
@@ -127,8 +128,6 @@ def slurm_cluster():
 
 @pytest.mark.slurm
 def test_three_xp_sweep_on_a_real_slurm_cluster(slurm_cluster, three_xps, tmp_path):
-    from conftest import app_env
-
     dora, sigs = three_xps
     proc = run_app("-m", "input=xp", f"input.dora_dir={dora}", f"input.sig={','.join(sigs)}",
                    "validate=load", "hydra/launcher=slurm_export", "hydra.launcher.timeout_min=10",
