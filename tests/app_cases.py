@@ -24,10 +24,10 @@ def rejected(tmp_path: Path, *overrides: str, message: str, keep: tuple = (), **
 
 def checkpoint_copy(tmp_path: Path, source: Path, edit=None, name: str = "checkpoint.th") -> Path:
     """A copy of ``source`` (edited by ``edit(pkg)``) as <tmp>/dora/xps/<sig>/<name>, with the
-    tokenizer XP next to it so that //sig/ references still resolve."""
+    compression model XP next to it so that //sig/ references still resolve."""
     xps = tmp_path / "dora" / "xps"
     xps.mkdir(parents=True, exist_ok=True)
-    for xp in source.parent.parent.iterdir():  # link the sibling XPs (the tokenizer)
+    for xp in source.parent.parent.iterdir():  # link the sibling XPs (the compression model)
         if xp != source.parent and not (xps / xp.name).exists():
             (xps / xp.name).symlink_to(xp)
     path = xps / source.parent.name / name

@@ -73,7 +73,8 @@ def musicgen_ckpt(musicgen_xp) -> Path:
 @pytest.fixture(scope="session")
 def derived_ckpt(musicgen_ckpt, tmp_path_factory) -> Callable[..., Path]:
     """A copy of the MusicGen XP's checkpoint, edited by ``edit(pkg)`` and re-saved with
-    audiocraft's checkpoint writer, in a Dora dir of its own that shares the tokenizer XP."""
+    audiocraft's checkpoint writer, in a Dora dir of its own that shares the compression model
+    XP."""
     from audiocraft.utils.checkpoint import save_checkpoint
 
     def make(name: str, edit: Callable[[dict], None]) -> Path:

@@ -7,6 +7,7 @@ Nothing here uses the code under test, so that it can judge that code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from audiocraft_ext.manifest import Manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# what validate=full runs on a MusicGen release with a tokenizer, in order
+# what validate=full runs on a MusicGen release with a compression model, in order
 FULL_CHECKS = ["lm_file", "load_compression_model", "load_lm_model", "get_pretrained",
                "generate"]
 
@@ -119,11 +122,14 @@ def _element(tensor: torch.Tensor, index: int) -> str:
     return f"{value} (bytes {raw})"
 
 
-def assert_validated(manifest: dict, checks: list[str]) -> None:
+def assert_validated(manifest: Manifest | dict, checks: list[str]) -> None:
     """Assert that the release's validation ran exactly ``checks``, in order, and each passed
-    (``checks`` must name at least one: "all passed" of none proves nothing)."""
+    (``checks`` must name at least one: "all passed" of none proves nothing). ``manifest`` is
+    an ExportResult's, or export.json as read from a release."""
     assert checks, "name the checks that must have run"
-    ran = [(c["check"], c["ok"]) for c in manifest["validation"]["checks"]]
+    report = (manifest["validation"] if isinstance(manifest, dict)
+              else dataclasses.asdict(manifest.validation))
+    ran = [(c["check"], c["ok"]) for c in report["checks"]]
     assert ran == [(name, True) for name in checks], ran
 
 

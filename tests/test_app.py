@@ -31,8 +31,8 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
                      f"output.dir={tmp_path}/rel", "validate=load")
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
-    assert result.manifest["config"]["input"] == {"path": str(musicgen_ckpt), "trust": False}
-    assert result.manifest["validation"]["level"] == "load"
+    assert result.manifest.config["input"] == {"path": str(musicgen_ckpt), "trust": False}
+    assert result.manifest.validation.level == "load"
     saved = OmegaConf.load(tmp_path / "rel" / "export_config.yaml")
     assert saved.defaults[1] == {"input": "checkpoint"} and saved.input.path == str(musicgen_ckpt)
 

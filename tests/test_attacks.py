@@ -42,7 +42,7 @@ NONE = ValidateConfig(level="none")
 
 def _crafted(tmp_path: Path, source: Path, place, program: bytes, **splice) -> Path:
     """``source`` re-saved with ``program`` where ``place(pkg, marker)`` put the marker, as
-    <tmp>/dora/xps/<sig>/checkpoint.th beside its tokenizer XP."""
+    <tmp>/dora/xps/<sig>/checkpoint.th beside its compression model XP."""
     path = checkpoint_copy(tmp_path, source)
     return c.write(path, c.splice(c.save_with_marker(torch_load(source), place), program,
                                   **splice))
@@ -285,7 +285,7 @@ def test_v3_tensors_in_the_optimizer_are_read_on_every_torch(tmp_path, musicgen_
     assert load_checkpoint(path)["optimizer"]["state"][0]["exp_avg_f8"].dtype == \
         torch.float8_e4m3fn
     result = export_release(path, tmp_path / "rel", validate=ValidateConfig(level="load"))
-    assert result.manifest["state"]["key"] == "best_state"
+    assert result.manifest.state.key == "best_state"
 
 
 @pytest.mark.skipif(not _HAS_V3, reason="this torch can neither save nor load v3 tensors")
@@ -457,7 +457,7 @@ def _cfg_edit(**values):
     ({"dataset__segment_duration": "thirty"}, (),
      r"MusicGen.get_pretrained needs a number of seconds in xp.cfg's "
      r"dataset.segment_duration, which holds 'thirty'$"),
-]), ids=["env-solver", "env-tokenizer", "env-in-model", "cycle", "missing-key",
+]), ids=["env-solver", "env-compression-model", "env-in-model", "cycle", "missing-key",
         "unknown-resolver", "non-numeric-segment"])
 def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrides, message):
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**values))
@@ -469,7 +469,7 @@ def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrid
 
 
 @pytest.mark.slow
-def test_a_tokenizer_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicgen_ckpt):
+def test_a_compression_model_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicgen_ckpt):
     """//sig/<sig> comes from the checkpoint: "../" would bundle any checkpoint.th on this
     machine into a release its user then shares."""
     elsewhere = tmp_path / "private" / "checkpoint.th"
@@ -478,8 +478,8 @@ def test_a_tokenizer_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicge
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(
         compression_model_checkpoint="//sig/../../private"))
     rejected(tmp_path, *input_args(path),
-             message=r"cannot resolve the tokenizer //sig/../../private: '../../private' is not "
-                     r"an XP signature \(letters, digits, '_' and '-'\)$")
+             message=r"cannot resolve the compression model //sig/../../private: "
+                     r"'../../private' is not an XP signature \(letters, digits, '_' and '-'\)$")
 
 
 @pytest.mark.slow
@@ -506,7 +506,7 @@ def test_read_only_config_with_null_conditioners_is_repaired(tmp_path, musicgen_
     path = checkpoint_copy(tmp_path, musicgen_xp(), edit)
     result = export_release(path, tmp_path / "rel", validate=ValidateConfig(level="none"),
                             compression=NoCompression())
-    assert result.manifest["repairs"] and result.manifest["repairs"][0].startswith(
+    assert result.manifest.repairs and result.manifest.repairs[0].startswith(
         "conditioners: null -> {}")
 
 

@@ -197,42 +197,42 @@ def test_state_that_does_not_match_its_config(tmp_path, musicgen_ckpt):
                       r"file, \[257, 32\] for the config\)$")
 
 
-# --- the tokenizer --------------------------------------------------------------------------
+# --- the compression model ------------------------------------------------------------------
 @pytest.mark.slow
-def test_unknown_tokenizer_signature(tmp_path, musicgen_xp):
+def test_unknown_compression_model_signature(tmp_path, musicgen_xp):
     _rejected(tmp_path, *_input(musicgen_xp(compression="//sig/0badc0de")),
-              message=r"cannot resolve the tokenizer //sig/0badc0de: no XP '0badc0de' in ")
+              message=r"cannot resolve the compression model //sig/0badc0de: no XP '0badc0de' in ")
 
 
 @pytest.mark.slow
-def test_missing_tokenizer_file(tmp_path, musicgen_ckpt):
+def test_missing_compression_model_file(tmp_path, musicgen_ckpt):
     _rejected(tmp_path, *_input(musicgen_ckpt), "compression=checkpoint",
               f"compression.path={tmp_path / 'encodec.th'}",
-              message=r"cannot resolve the tokenizer .*encodec.th: .*encodec.th: no such "
+              message=r"cannot resolve the compression model .*encodec.th: .*encodec.th: no such "
                       r"checkpoint file or XP folder$")
 
 
 @pytest.mark.slow
-def test_pretrained_tokenizer_without_the_hub(tmp_path, musicgen_ckpt):
+def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
     args = (*_input(musicgen_ckpt), "compression=pretrained",
             "compression.name=facebook/encodec_32khz")
     offline = app_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     _rejected(tmp_path, *args, env=offline,
-              message=r"the release points at the pretrained tokenizer 'facebook/encodec_32khz', "
-                      r"which could not be loaded here .* validate offline with "
-                      r"validate.tokenizer=<local copy of that tokenizer>$")
+              message=r"the release points at the pretrained compression model "
+                      r"'facebook/encodec_32khz', which could not be fetched here .* validate "
+                      r"offline with validate.compression_model=<local copy of that model>$")
     # the documented way out: validate with a local copy, still ship the pointer
     local = tmp_path / "local"
     run_app(*_input(musicgen_ckpt), f"output.dir={local}", "validate=none",
             f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
     rel = tmp_path / "rel"
-    run_app(*args, f"validate.tokenizer={local / 'compression_state_dict.bin'}",
+    run_app(*args, f"validate.compression_model={local / 'compression_state_dict.bin'}",
             f"output.dir={rel}", f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path,
             env=offline, check=True)
     pkg = torch.load(rel / "compression_state_dict.bin", weights_only=True)
     assert pkg["pretrained"] == "facebook/encodec_32khz"
     manifest = json.loads((rel / "export.json").read_text())
-    assert manifest["validation"]["tokenizer_stand_in"].endswith("compression_state_dict.bin")
+    assert manifest["validation"]["compression_stand_in"].endswith("compression_state_dict.bin")
     assert_validated(manifest, FULL_CHECKS)
 
 

@@ -44,7 +44,7 @@ def test_state_dict_bin_is_what_export_lm_writes(release, musicgen_ckpt):
     assert_same_state(pkg["best_state"], source["best_state"]["model"])
 
 
-def test_tokenizer_is_the_encodec_xp_best_state(release, encodec_ckpt):
+def test_compression_model_is_the_encodec_xp_best_state(release, encodec_ckpt):
     pkg = torch.load(release.release_dir / "compression_state_dict.bin", weights_only=True)
     source = torch_load(encodec_ckpt)
     assert OmegaConf.create(pkg["xp.cfg"]).solver == "compression"
@@ -119,37 +119,37 @@ def test_state_choices_export_the_chosen_weights(fsdp_ckpt, tmp_path, state, key
     source = torch_load(fsdp_ckpt)[key]
     expected = source if key == "model" else source["model"]
     assert_same_state(release_state(result.release_dir / "state_dict.bin"), expected)
-    assert result.manifest["state"]["key"] == key
+    assert result.manifest.state.key == key
 
 
 def test_pretrained_pointer_and_offline_validation(musicgen_ckpt, tmp_path, network_attempts):
-    """A //pretrained/ tokenizer that audiocraft builds locally (its debug model) ships as a
+    """A //pretrained/ compression model that audiocraft builds locally (its debug model) ships as a
     pointer and is validated in full without the network."""
     result = export_release(musicgen_ckpt, tmp_path / "rel",
                             compression=PretrainedCompression(name="debug_compression_model"))
     pkg = torch.load(result.release_dir / "compression_state_dict.bin", weights_only=True)
     assert pkg == {"pretrained": "debug_compression_model", "exported": True,
                    "version": audiocraft.__version__}
-    assert result.manifest["compression"]["reference"] == "//pretrained/debug_compression_model"
-    assert result.manifest["validation"]["level"] == "full"
+    assert result.manifest.compression.reference == "//pretrained/debug_compression_model"
+    assert result.manifest.validation.level == "full"
     assert_validated(result.manifest, FULL_CHECKS)  # get_pretrained loaded the pointer itself
-    assert "tokenizer_stand_in" not in result.manifest["validation"]
+    assert result.manifest.validation.compression_stand_in is None
     assert network_attempts == []
 
 
-def test_no_tokenizer_skips_get_pretrained_and_says_so(musicgen_ckpt, tmp_path):
+def test_no_compression_model_skips_get_pretrained_and_says_so(musicgen_ckpt, tmp_path):
     result = export_release(musicgen_ckpt, tmp_path / "rel", compression=NoCompression())
     assert sorted(p.name for p in result.release_dir.iterdir()) == ["export.json", "state_dict.bin"]
-    validation = result.manifest["validation"]
-    assert [c["check"] for c in validation["checks"]] == ["lm_file", "load_lm_model"]
-    assert validation["skipped"] == ["compression and get_pretrained: compression=none"]
+    assert_validated(result.manifest, ["lm_file", "load_lm_model"])
+    assert result.manifest.validation.skipped == [
+        "compression and get_pretrained: compression=none"]
 
 
-def test_explicit_tokenizer_checkpoint(musicgen_ckpt, encodec_ckpt, tmp_path):
+def test_explicit_compression_model_checkpoint(musicgen_ckpt, encodec_ckpt, tmp_path):
     a = export_release(musicgen_ckpt, tmp_path / "a", validate=LOAD)
     b = export_release(musicgen_ckpt, tmp_path / "b", validate=LOAD,
                        compression=CheckpointCompression(path=str(encodec_ckpt)))
-    assert a.manifest["files"] == b.manifest["files"]  # same bytes: torch.save is deterministic
+    assert a.manifest.files == b.manifest.files  # same bytes: torch.save is deterministic
 
 
 def test_sig_outside_a_dora_dir_needs_audiocraft_dora_dir(musicgen_ckpt, dora_dir, tmp_path,
@@ -166,15 +166,15 @@ def test_sig_outside_a_dora_dir_needs_audiocraft_dora_dir(musicgen_ckpt, dora_di
 
 def test_unknown_sig_is_a_clear_error(musicgen_xp, tmp_path):
     ckpt = musicgen_xp(compression="//sig/deadbeef")
-    with pytest.raises(ExportError, match="cannot resolve the tokenizer //sig/deadbeef: no XP "
-                                          "'deadbeef' in"):
+    with pytest.raises(ExportError, match="cannot resolve the compression model //sig/deadbeef: "
+                                          "no XP 'deadbeef' in"):
         export_release(ckpt, tmp_path / "rel")
 
 
 def test_audiogen_validates_with_audiogen_class(musicgen_xp, tmp_path):
     ckpt = musicgen_xp("solver=audiogen", "dataset.segment_duration=10")
     result = export_release(ckpt, tmp_path / "rel")
-    checks = {c["check"]: c for c in result.manifest["validation"]["checks"]}
+    checks = {c["check"]: c for c in result.manifest.validation.checks}
     assert checks["get_pretrained"]["model_class"] == "AudioGen"
     assert checks["generate"]["shapes"]["text"] == [1, 1, 32000]
 
@@ -191,13 +191,13 @@ def test_output_dtype_casts_floating_tensors(musicgen_ckpt, tmp_path, dtype):
     source = torch_load(musicgen_ckpt)["best_state"]["model"]
     assert_same_state(release_state(result.release_dir / "state_dict.bin"),
                       {k: v.to(target) for k, v in source.items()})
-    assert result.manifest["state"]["dtype"] == dtype
-    assert result.manifest["state"]["dtypes"] == {dtype: len(source)}
+    assert result.manifest.state.dtype == dtype
+    assert result.manifest.state.dtypes == {dtype: len(source)}
     assert_validated(result.manifest, FULL_CHECKS)
 
 
 def test_manifest_times_export_and_validation_separately(release):
-    timings = release.manifest["timings"]
+    timings = release.manifest.timings
     for phase in ("export", "validation"):
         assert timings[phase]["seconds"] > 0
         assert timings[phase]["peak_rss_bytes"] > 50 << 20  # a Python process with torch

@@ -45,12 +45,12 @@ def test_lm_families_validate_with_their_model_class(real_xps, tmp_path, name, m
     assert _checks(manifest)["get_pretrained"]["model_class"] == model_class
     assert_same_state(release_state(out / "state_dict.bin"),
                       torch_load(xp["checkpoint"])["best_state"]["model"])
-    tokenizer = real_xps["xps"][{"audiogen": "encodec16"}.get(name, "encodec")]["checkpoint"]
+    encodec = real_xps["xps"][{"audiogen": "encodec16"}.get(name, "encodec")]["checkpoint"]
     assert_same_state(release_state(out / "compression_state_dict.bin"),
-                      torch_load(tokenizer)["best_state"]["model"])
+                      torch_load(encodec)["best_state"]["model"])
 
 
-def test_encodec_xp_gives_a_tokenizer_only_release(real_xps, tmp_path):
+def test_encodec_xp_gives_a_compression_model_only_release(real_xps, tmp_path):
     xp = real_xps["xps"]["encodec"]
     _, out, manifest = _export(tmp_path, "input=checkpoint", f"input.path={xp['checkpoint']}")
     assert sorted(p.name for p in out.iterdir()) == [

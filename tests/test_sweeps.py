@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _xps(dora_dir: Path, sources: list[Path]) -> list[str]:
-    """A Dora dir of its own holding the XPs of ``sources`` (and their tokenizer XP)."""
+    """A Dora dir of its own holding the XPs of ``sources`` (and their compression model XP)."""
     shutil.copytree(sources[0].parent.parent, dora_dir / "xps")
     return [p.parent.name for p in sources]
 
