@@ -76,7 +76,7 @@ def rerunnable_config(cfg: DictConfig) -> DictConfig:
 def run(cfg: DictConfig) -> ExportResult | None:
     """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates."""
     try:
-        spec: ExportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        spec = cast(ExportConfig, OmegaConf.to_object(cfg))  # the schema's instance
     except MissingMandatoryValue as exc:
         raise ExportError(f"{exc.full_key} is required: add {exc.full_key}=... to the command"
                           ) from exc

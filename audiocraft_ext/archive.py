@@ -34,12 +34,11 @@ class CheckpointArchive:
         self._identity = _identity(os.fstat(self._file.fileno()))
         try:
             self._zip = zipfile.ZipFile(self._file)
-            pickles = [n for n in self._zip.namelist() if n.count("/") == 1
-                       and n.endswith("/data.pkl")]
-        # only zipfile runs here, and a damaged zip directory fails it in many ways
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - only zipfile runs here; damage fails it in many ways
             raise ExportError(f"{path} is a damaged checkpoint archive: {first_line(exc)}"
                               ) from exc
+        pickles = [n for n in self._zip.namelist() if n.count("/") == 1
+                   and n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise ExportError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
         self.prefix = pickles[0][: -len("data.pkl")]

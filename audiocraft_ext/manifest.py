@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .lazy_tensors import TensorLike
+from .release import COMPRESSION_FILE, LM_FILE, audiocraft_version
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Manifest:
 
     def main_file(self) -> tuple[str, ReleaseFile]:
         """The LM file, or for an EnCodec-only release its compression model file."""
-        name = next(iter(self.files))
+        name = LM_FILE if LM_FILE in self.files else COMPRESSION_FILE
         return name, self.files[name]
 
     def to_json(self) -> dict[str, Any]:
@@ -129,8 +130,6 @@ def versions() -> dict[str, str]:
     import omegaconf
 
     import audiocraft_ext
-
-    from .release import audiocraft_version
 
     return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft_version(),
             "torch": torch.__version__, "omegaconf": omegaconf.__version__,

@@ -176,9 +176,9 @@ def ffmpeg_bin_dir(out: Path) -> Path:
     bindir.mkdir(parents=True, exist_ok=True)
     link = bindir / "ffmpeg"
     try:
-        import imageio_ffmpeg  # type: ignore
+        import imageio_ffmpeg
         exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # noqa: BLE001 - fall back on a system ffmpeg
+    except (ImportError, RuntimeError):  # not installed, or no binary for this platform
         exe = shutil.which("ffmpeg")
     if not exe:
         fail("no ffmpeg: `pip install imageio-ffmpeg` into this venv or put ffmpeg on PATH")
@@ -195,7 +195,7 @@ def child_env(out: Path, src: Path, bindir: Path) -> dict:
     if not user:
         try:
             user = getpass.getuser()
-        except Exception:  # noqa: BLE001
+        except (KeyError, OSError):  # no passwd entry for this uid (containers)
             user = "fixtures"
     env.update({
         "USER": user,  # config/teams/default.yaml reads ${oc.env:USER}
@@ -403,10 +403,10 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
     else:
         have = {}
 
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        from importlib.metadata import version
         installed = version("audiocraft")
-    except Exception:  # noqa: BLE001
+    except PackageNotFoundError:
         installed = None
     if installed != AUDIOCRAFT_VERSION:
         fail(f"this python ({sys.executable}) has audiocraft {installed}, "

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from helpers import error_lines, run_app, torch_load
 
 

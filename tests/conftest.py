@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, torch_load
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audiocraft_ext.config import register_configs
 from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
+
+from helpers import ROOT, torch_load
 
 torch.set_num_threads(1)
 

@@ -19,14 +19,23 @@ import time
 import traceback
 from pathlib import Path
 
+# The thread count must be set before torch is imported: the imports below come after it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import audiocraft.models  # noqa: E402,F401  (imported once, before forking)
-import torch  # noqa: E402  (after the thread count)
+import audiocraft.models  # noqa: E402,F401 - imported once, before forking
+import torch  # noqa: E402 - after the thread count
 
-from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release  # noqa: E402
-from audiocraft_ext.inspection import format_inspection, inspect_checkpoint  # noqa: E402
-from audiocraft_ext.sources import resolve_checkpoint  # noqa: E402
+from audiocraft_ext import (  # noqa: E402 - after the thread count
+    ExportError,
+    NoCompression,
+    ValidateConfig,
+    export_release,
+)
+from audiocraft_ext.inspection import (  # noqa: E402 - after the thread count
+    format_inspection,
+    inspect_checkpoint,
+)
+from audiocraft_ext.sources import resolve_checkpoint  # noqa: E402 - after the thread count
 
 TIMEOUT_S = 20.0
 FINDINGS = {2: "traceback", 3: "published release does not load", 4: "error left files",
@@ -53,7 +62,7 @@ def _run_case(checkpoint: Path, dest: Path, validate: str, fill: int) -> tuple[i
     try:
         state = torch.load(dest / "state_dict.bin", map_location="cpu",
                            weights_only=True)["best_state"]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a published release that fails to load is a finding
         return 3, traceback.format_exc()
     for key, tensor in state.items():
         data = bytes(tensor.untyped_storage())

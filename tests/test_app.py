@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from audiocraft_ext.app import run
+
 from helpers import (
     FULL_CHECKS,
     app_env,
@@ -21,9 +25,6 @@ from helpers import (
     sha256_of,
     torch_load,
 )
-from omegaconf import OmegaConf
-
-from audiocraft_ext.app import run
 
 
 def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):

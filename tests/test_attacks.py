@@ -17,9 +17,14 @@ import re
 import zipfile
 from pathlib import Path
 
-import crafted as c
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
+from audiocraft_ext.safe_load import load_checkpoint
+
+import crafted as c
 from app_cases import checkpoint_copy, input_args, rejected
 from helpers import (
     app_env,
@@ -32,10 +37,6 @@ from helpers import (
     slow_after_first,
     torch_load,
 )
-from omegaconf import OmegaConf
-
-from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
-from audiocraft_ext.safe_load import load_checkpoint
 
 NONE = ValidateConfig(level="none")
 

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext.safe_load import load_checkpoint
+
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
@@ -34,9 +38,6 @@ from helpers import (
     slow_after_first,
     torch_load,
 )
-from omegaconf import OmegaConf
-
-from audiocraft_ext.safe_load import load_checkpoint
 
 
 # --- files that are not checkpoints ---------------------------------------------------------

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import ROOT
 
 pytestmark = pytest.mark.slow  # builds a checkpoint of over 400 MB and exports it five ways

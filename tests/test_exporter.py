@@ -7,14 +7,6 @@ import sys
 import audiocraft
 import pytest
 import torch
-from helpers import (
-    FULL_CHECKS,
-    assert_same_state,
-    assert_validated,
-    release_state,
-    sha256_of,
-    torch_load,
-)
 from omegaconf import OmegaConf
 
 from audiocraft_ext import (
@@ -24,6 +16,15 @@ from audiocraft_ext import (
     PretrainedCompression,
     ValidateConfig,
     export_release,
+)
+
+from helpers import (
+    FULL_CHECKS,
+    assert_same_state,
+    assert_validated,
+    release_state,
+    sha256_of,
+    torch_load,
 )
 
 LOAD = ValidateConfig(level="load")

@@ -11,12 +11,13 @@ import os
 import zipfile
 
 import pytest
-from helpers import assert_validated, member_span
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
 from audiocraft_ext.safe_load import load_checkpoint
+
+from helpers import assert_validated, member_span
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 _counter = itertools.count()

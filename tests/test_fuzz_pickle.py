@@ -21,11 +21,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import crafted as c
 import pytest
-from helpers import ROOT, torch_load
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
+import crafted as c
+from helpers import ROOT, torch_load
 
 pytestmark = pytest.mark.slow  # 300 cases, each a forked export: about 40 s
 

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from audiocraft_ext import ExportError, NoCompression, StateConfig, ValidateConfig, export_release
+
 from helpers import (
     FULL_CHECKS,
     assert_same_state,
@@ -15,9 +19,6 @@ from helpers import (
     run_app,
     torch_load,
 )
-from omegaconf import OmegaConf
-
-from audiocraft_ext import ExportError, NoCompression, StateConfig, ValidateConfig, export_release
 
 
 def _export(tmp_path, *args, check=True):
@@ -140,7 +141,7 @@ def test_conditioners_null_is_repaired_and_recorded(real_xps, tmp_path):
     torch.save(pkg, path)
     result = export_release(path, tmp_path / "rel", compression=NoCompression(),
                             validate=ValidateConfig(level="load"))
-    assert result.manifest["repairs"] == [
+    assert result.manifest.repairs == [
         "conditioners: null -> {} (audiocraft's load_lm_model crashes on null: _delete_param "
         "tests membership in None; {} builds the same unconditioned model)"]
     shipped = OmegaConf.create(torch.load(tmp_path / "rel" / "state_dict.bin",

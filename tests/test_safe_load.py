@@ -3,13 +3,14 @@ import pickle
 
 import pytest
 import torch
-from helpers import assert_same_state, torch_load
 from omegaconf import DictConfig, OmegaConf
 
 from audiocraft_ext.allowlist import PickledConfig
 from audiocraft_ext.errors import ExportError
 from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
 from audiocraft_ext.xp_config import xp_config
+
+from helpers import assert_same_state, torch_load
 
 SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
                "optimizer", "lr_scheduler", "ema"]
