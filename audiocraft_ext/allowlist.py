@@ -208,7 +208,8 @@ class PlainNumpyDType:
 
 
 def _numpy_dtype(code: Any, align: Any = False, copy: Any = False) -> PlainNumpyDType:
-    if code not in _NUMPY_CODES or type(align) is not bool or type(copy) is not bool:
+    if type(code) is not str or code not in _NUMPY_CODES or type(align) is not bool \
+            or type(copy) is not bool:
         raise BadArguments(f"numpy.dtype({one_line(repr(code), 40)}): only plain numeric "
                            "dtypes are allowed")
     return PlainNumpyDType(code)

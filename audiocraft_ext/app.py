@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_job(cfg: DictConfig) -> ExportResult | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         if isinstance(exc, ExportError):
-            logger.error("%s", exc)
+            logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
         else:
             logger.error("unexpected failure:\n%s", traceback.format_exc())
     finally:

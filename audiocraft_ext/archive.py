@@ -34,7 +34,8 @@ class CheckpointArchive:
         self._identity = _identity(os.fstat(self._file.fileno()))
         try:
             self._zip = zipfile.ZipFile(self._file)
-        except Exception as exc:  # noqa: BLE001 - only zipfile runs here; damage fails it in many ways
+        # Only zipfile runs here, and a damaged zip directory fails it in many ways.
+        except Exception as exc:
             raise ExportError(f"{path} is a damaged checkpoint archive: {first_line(exc)}"
                               ) from exc
         pickles = [n for n in self._zip.namelist() if n.count("/") == 1

@@ -6,8 +6,9 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig
@@ -24,7 +25,7 @@ from .config import (
     ValidateConfig,
     ValidateLevel,
 )
-from .errors import shown
+from .errors import ExportError, shown
 from .lazy_tensors import cast_state
 from .manifest import (
     CompressionRecord,
@@ -56,6 +57,7 @@ from .validation import validate_compression_release, validate_release
 from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 
 logger = logging.getLogger(__name__)
+E = TypeVar("E", bound=Enum)
 COMPRESSION_SOLVER = "compression"  # an EnCodec XP: released as compression_state_dict.bin alone
 
 
@@ -111,14 +113,17 @@ def export_release(
         ExportError: with a one-line explanation; nothing is left at ``out_dir``.
     """
     # The library's boundary: strings become the config's enums here, and only here.
-    source = (checkpoint if isinstance(checkpoint, CheckpointSource)
-              else resolve_checkpoint(checkpoint))
-    spec = state if isinstance(state, StateConfig) else StateConfig(select=StateChoice(state))
-    spec = replace(spec, select=StateChoice(spec.select), average_of=StateChoice(spec.average_of))
+    if isinstance(state, StateConfig):
+        spec = replace(state, select=_enum(StateChoice, state.select),
+                       average_of=_enum(StateChoice, state.average_of))
+    else:
+        spec = StateConfig(select=_enum(StateChoice, state))
     compression = compression if compression is not None else AutoCompression()
     validate = validate if validate is not None else ValidateConfig()
-    validate = replace(validate, level=ValidateLevel(validate.level))
-    dtype = OutputDtype(dtype)
+    validate = replace(validate, level=_enum(ValidateLevel, validate.level))
+    dtype = _enum(OutputDtype, dtype)
+    source = (checkpoint if isinstance(checkpoint, CheckpointSource)
+              else resolve_checkpoint(checkpoint))
     out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # ".." resolved, links kept
     export_phase: dict[str, Any] = {}
     validation_phase: dict[str, Any] = {}
@@ -175,6 +180,14 @@ def export_release(
                 validation_phase["peak_rss_bytes"] / 2**20)
     logger.info("release written to %s", out_dir)
     return ExportResult(out_dir, manifest)
+
+
+def _enum(kind: type[E], value: E | str) -> E:
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise ExportError(f"{shown(value)} is not a {kind.__name__} (one of "
+                          f"{', '.join(m.value for m in kind)})") from exc
 
 
 def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Selected:

@@ -92,7 +92,8 @@ class ValidationReport:
     level: str
     checks: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    # a local compression model validated in place of a //pretrained/ one (validate.compression)
+    # a local compression model validated in place of a //pretrained/ one
+    # (validate.compression_model)
     compression_stand_in: str | None = None
 
     @property
@@ -122,7 +123,14 @@ class Manifest:
         return name, self.files[name]
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The export.json layout: the compression model's state facts beside its other facts,
+        ``members`` only for an average."""
+        data = dataclasses.asdict(self)
+        if data["state"]["members"] is None:
+            del data["state"]["members"]
+        if data["compression"] is not None:
+            data["compression"].update(data["compression"].pop("state") or {})
+        return data
 
 
 def versions() -> dict[str, str]:

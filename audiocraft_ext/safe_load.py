@@ -58,9 +58,12 @@ class _Unpickler(pickle.Unpickler):
         try:
             return resolve_global(module, name)
         except RefusedGlobal:
-            if self.trust:
-                return super().find_class(module, name)
-            raise
+            if not self.trust:
+                raise
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as exc:  # what the trusted file names is not here
+            raise pickle.UnpicklingError(f"{module}.{name}: {first_line(exc)}") from exc
 
     def persistent_load(self, saved_id: Any) -> StoredStorage:
         return storage_from_id(saved_id, self._storages, self._storage)
@@ -179,19 +182,20 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
         raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
                           ) from exc
     except Exception as exc:
-        if not _raised_by_the_unpickler(exc):
-            raise  # from our own code that the unpickler called: a bug, shown as one
+        if not trust and _raised_in_our_code(exc):
+            raise  # a bug of ours that the unpickler ran into: shown as one, with its traceback
         raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
                           ) from exc
 
 
-def _raised_by_the_unpickler(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised by the (C) unpickler itself, acting on the file's bytes (a
-    TypeError of a call with the wrong arguments, an AttributeError of APPEND on a non-list...),
-    rather than in Python code it called: the traceback then ends in the frame that ran
-    ``load()``."""
+def _raised_in_our_code(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in Python code that the unpickler called: without trust that
+    is only this package's allow-listed callables and what they call, past their checks (their
+    refusals are ``UnpicklingError``s and never get here). The unpickler's own errors, acting on
+    the file's bytes (a call with the wrong arguments, APPEND on a non-list...), are raised in C
+    from the frame that ran ``load()``: their traceback has no deeper frame."""
     tb = exc.__traceback__
-    return tb is not None and tb.tb_next is None
+    return tb is not None and tb.tb_next is not None
 
 
 def _check_regular_file(path: Path) -> None:
@@ -230,6 +234,6 @@ def _load_legacy(path: Path, head: bytes, trust: bool) -> Any:
                           "input.trust=true if you know where it comes from")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - trusted legacy files fail as torch.load fails
+    except Exception as exc:  # trusted legacy files fail as torch.load fails, in any way
         raise ExportError(f"{path} is not a readable torch checkpoint: {first_line(exc)}"
                           ) from exc

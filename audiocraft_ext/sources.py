@@ -72,9 +72,9 @@ def resolve_checkpoint(path: str | Path, epoch: int | None = None) -> Checkpoint
 
 def fsdp_shards(path: Path) -> list[Path]:
     """The other ranks' shards of the rank-0 checkpoint ``path`` (``<name>.th.<rank>``)."""
-    return sorted((p for p in path.parent.iterdir()
-                   if (shard := _RANK_SHARD.match(p.name)) and shard["base"] == path.name),
-                  key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    shards = {int(shard["rank"]): p for p in path.parent.iterdir()
+              if (shard := _RANK_SHARD.match(p.name)) and shard["base"] == path.name}
+    return [shards[rank] for rank in sorted(shards)]
 
 
 def default_dora_dir() -> Path | None:

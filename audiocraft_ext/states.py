@@ -21,7 +21,7 @@ StateDict = dict[str, TensorLike]
 # The checkpoint key holding each single-state choice, in the order inspection lists them;
 # best states are {'model': state_dict}, `model` is flat, `ema` is {'state': {'model': ...}}.
 STATE_KEYS = {StateChoice.fsdp_best: "fsdp_best_state", StateChoice.best: "best_state",
-         StateChoice.last: "model", StateChoice.ema: "ema"}
+              StateChoice.last: "model", StateChoice.ema: "ema"}
 
 
 # Plain dicts only: a DictConfig is a Mapping too, and reading it resolves interpolations.
@@ -60,6 +60,8 @@ def select_state(pkg: Mapping[str, Any], choice: StateChoice, source: str = "che
     ``auto`` follows audiocraft's export_lm: a non-empty ``fsdp_best_state`` wins (on FSDP runs
     rank 0's ``best_state`` holds only its own shards), else ``best_state``.
     """
+    if not isinstance(choice, StateChoice):  # strings become enums at export_release's boundary
+        raise TypeError(f"choice must be a StateChoice, not {choice!r}")
     if choice is StateChoice.auto:
         for key in ("fsdp_best_state", "best_state"):
             state = _model_state(pkg, key, source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -309,19 +310,27 @@ def _load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
             ) from exc
 
 
-_NETWORK_MODULES = ("huggingface_hub", "requests", "urllib3", "httpx", "httpcore", "socket")
+# Failures to reach the hub, by class name (huggingface_hub, requests, urllib3 and httpx are
+# not imported here): an offline machine, a missing cache entry, a refused or timed-out
+# connection. A wrong model name (the hub's 404) is not among them: that is the check's own.
+_NETWORK_FAILURES = frozenset({
+    "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout",
+    "ReadTimeout", "Timeout", "TimeoutException", "NewConnectionError", "MaxRetryError",
+    "NameResolutionError", "ProxyError", "SSLError"})
 
 
 def _from_the_network(exc: BaseException) -> bool:
-    """Whether ``exc`` or an exception it chains comes from fetching files over the network."""
+    """Whether ``exc``, or a cause it chains, is a failure to reach the network."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if (isinstance(current, ConnectionError)
-                or type(current).__module__.split(".")[0] in _NETWORK_MODULES):
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)) \
+                or type(current).__name__ in _NETWORK_FAILURES:
             return True
-        current = current.__cause__ or current.__context__
+        # an explicit cause, else the exception being handled (unless the raise hid it)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
     return False
 
 

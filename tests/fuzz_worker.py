@@ -22,20 +22,20 @@ from pathlib import Path
 # The thread count must be set before torch is imported: the imports below come after it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import audiocraft.models  # noqa: E402,F401 - imported once, before forking
-import torch  # noqa: E402 - after the thread count
+import audiocraft.models  # noqa: F401 - imported once, before forking
+import torch
 
-from audiocraft_ext import (  # noqa: E402 - after the thread count
+from audiocraft_ext import (
     ExportError,
     NoCompression,
     ValidateConfig,
     export_release,
 )
-from audiocraft_ext.inspection import (  # noqa: E402 - after the thread count
+from audiocraft_ext.inspection import (
     format_inspection,
     inspect_checkpoint,
 )
-from audiocraft_ext.sources import resolve_checkpoint  # noqa: E402 - after the thread count
+from audiocraft_ext.sources import resolve_checkpoint
 
 TIMEOUT_S = 20.0
 FINDINGS = {2: "traceback", 3: "published release does not load", 4: "error left files",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -81,6 +82,9 @@ PROGRAMS = {
     "numpy-scalar-bytes": (c.call(c.glob("numpy._core.multiarray", "scalar"), _np_dtype("f8"),
                                   c.raw_bytes(b"A" * 200)),
                            r"numpy scalar of dtype 'f8' with 200 bytes$"),
+    # an unhashable dtype code: once a raw TypeError from our own membership test
+    "numpy-unhashable-dtype": (c.call(c.glob("numpy", "dtype"), c.lst(c.integer(1))),
+                               r"numpy.dtype\(\[1\]\): only plain numeric dtypes are allowed$"),
     "torch.Tensor(n)": (c.call(c.glob("torch", "Tensor"), c.integer(1 << 26)),
                         r"refusing to load .*: torch.Tensor called with \(int\)$"),
     "Tensor-as-rebuild": (c.call(c.glob("torch._tensor", "_rebuild_from_type_v2"),
@@ -113,6 +117,16 @@ def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
     path = _crafted(tmp_path, musicgen_ckpt, place, program)
     rejected(tmp_path, *input_args(path), f"mode={mode}", message=message,
              env=app_env(SECRET="hunter2"))
+
+
+def test_a_trusted_file_naming_a_missing_module_is_one_line(tmp_path, musicgen_ckpt):
+    """With trust, find_class imports what the file names: a module this machine lacks is the
+    file's problem, said in one line, not a traceback."""
+    program = c.call(c.glob("no_such_module_here", "Thing"), c.integer(1))
+    path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
+    rejected(tmp_path, *input_args(path), "input.trust=true",
+             message=r"is not a readable torch checkpoint: no_such_module_here.Thing: No module "
+                     r"named 'no_such_module_here'$")
 
 
 @pytest.mark.slow
@@ -564,3 +578,19 @@ def test_unreadable_checkpoint(tmp_path, musicgen_ckpt):
     path.write_bytes(musicgen_ckpt.read_bytes())
     path.chmod(0)
     rejected(tmp_path, *input_args(path), message=r"cannot read .*: Permission denied$")
+
+
+@pytest.mark.slow
+def test_hydra_full_error_shows_the_chained_cause(tmp_path, musicgen_ckpt):
+    """One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) adds the traceback
+    and the cause the one line was raised from."""
+    program = c.integer(1) + c.integer(2) + pickle.APPEND  # APPEND on an int
+    path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
+    message = r"is not a readable torch checkpoint: 'int' object has no attribute 'append'$"
+    rejected(tmp_path, *input_args(path), message=message)
+    full = run_app(*input_args(path), f"output.dir={tmp_path / 'full'}", cwd=tmp_path,
+                   env={**app_env(), "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and full.stdout == ""
+    assert "AttributeError: 'int' object has no attribute 'append'" in full.stderr
+    assert "The above exception was the direct cause of the following exception" in full.stderr
+    assert re.search(r"ExportError: .*" + message, full.stderr, re.M)

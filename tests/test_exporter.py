@@ -66,6 +66,16 @@ def test_manifest(release, musicgen_ckpt):
         assert facts == {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
     assert set(manifest["files"]) == {"state_dict.bin", "compression_state_dict.bin"}
     assert manifest["versions"]["audiocraft"] == audiocraft.__version__
+    # the file's layout, which readers of export.json rely on
+    assert list(manifest) == ["release", "source", "state", "compression", "repairs", "files",
+                              "versions", "config", "validation", "timings"]
+    assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig"}
+    assert set(manifest["state"]) == {"selected", "key", "dtype", "tensors", "parameters",
+                                      "dtypes", "bytes"}  # "members" only for state=average
+    assert set(manifest["compression"]) == {"reference", "pretrained", "source", "key",
+                                            "tensors", "parameters", "dtypes", "bytes"}
+    assert set(manifest["validation"]) == {"level", "checks", "skipped",
+                                           "compression_stand_in"}
     assert_validated(manifest, FULL_CHECKS)
     checks = {c["check"]: c for c in manifest["validation"]["checks"]}
     assert all(c["seconds"] >= 0 for c in checks.values())
@@ -205,3 +215,27 @@ def test_manifest_times_export_and_validation_separately(release):
         assert timings[phase]["peak_rss_scope"] == "phase"
     # validation builds the models; the export itself holds one storage at a time
     assert timings["validation"]["peak_rss_bytes"] >= timings["export"]["peak_rss_bytes"]
+
+
+def test_only_failures_to_reach_the_network_are_blamed_on_it():
+    from audiocraft_ext.validation import _from_the_network
+
+    class LocalEntryNotFoundError(Exception):  # huggingface_hub's, matched by name
+        pass
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("offline and not in the cache")
+        except LocalEntryNotFoundError as exc:
+            raise OSError("couldn't connect to 'https://huggingface.co'") from exc
+    except OSError as offline:
+        assert _from_the_network(offline)
+    assert _from_the_network(ConnectionRefusedError("refused"))
+    assert not _from_the_network(OSError("foo/bar is not a valid model identifier"))  # a 404
+    try:
+        try:
+            raise TimeoutError("earlier, unrelated")
+        except TimeoutError:
+            raise KeyError("a bug") from None
+    except KeyError as hidden:
+        assert not _from_the_network(hidden)  # `from None` hides the context

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +38,23 @@ def _clean_env(env: Path) -> dict[str, str]:
     return {**clean, "PATH": f"{env / 'bin'}:{clean.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
+def _project_copy(dest: Path) -> Path:
+    """The project's files as a clone has them (tracked, plus new files not ignored), without
+    the build/ or caches a working copy may hold: a wheel built in place would pack those."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if not os.path.lexists(src):  # deleted in the working copy
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name, follow_symlinks=False)
+    return dest
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
+def installed(tmp_path_factory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("install")
     env = work / "env"
     setup = subprocess.run(["bash", str(ROOT / "scripts" / "setup_venv.sh")],
@@ -46,17 +64,25 @@ def installed(tmp_path_factory) -> dict:
     before = _freeze(env)
     assert "audiocraft" in before and "audiocraft-ext" not in before
     dist = work / "dist"
+    source = _project_copy(work / "source")
     build = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "wheel", "--no-deps",
-                            "--quiet", "-w", str(dist), str(ROOT)],
+                            "--quiet", "-w", str(dist), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = dist.glob("audiocraft_ext-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n for n in zf.namelist() if n.startswith("audiocraft_ext/")}
+    package = {os.path.relpath(os.path.join(folder, name), source)
+               for folder, _, names in os.walk(source / "audiocraft_ext", followlinks=True)
+               for name in names if name.endswith((".py", ".yaml"))}
+    assert shipped == package  # the configs through the link, and nothing else
     install = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet",
                               f"{wheel}[launchers]"], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     cwd = work / "elsewhere"
     cwd.mkdir()
-    return {"env": env, "before": before, "after": _freeze(env), "cwd": cwd}
+    yield {"env": env, "before": before, "after": _freeze(env), "cwd": cwd}
+    shutil.rmtree(env)  # gigabytes (a CUDA build of torch): not left for pytest's retention
 
 
 def run(installed: dict, *args: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ from audiocraft_ext.errors import ExportError
 from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
 from audiocraft_ext.xp_config import xp_config
 
+import crafted as c
 from helpers import assert_same_state, torch_load
 
 SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
@@ -95,3 +96,29 @@ def test_numpy_metrics_are_read_as_plain_values(tmp_path):
     got = load_checkpoint(path)["history"][0]["train"]
     assert got == {k: v.item() for k, v in metrics.items()}
     assert [type(v) for v in got.values()] == [float, float, float, int, int, bool, complex]
+
+
+def test_a_bug_of_ours_while_unpickling_is_not_reported_as_a_damaged_file(musicgen_ckpt,
+                                                                          monkeypatch):
+    """Damage is what the unpickler or our checks refuse; an error raised inside our own code
+    (here: a persistent id handler that breaks) propagates as itself, with its traceback."""
+    import audiocraft_ext.safe_load as safe_load
+
+    def broken(self, saved_id):
+        return 1 / 0
+
+    monkeypatch.setattr(safe_load._Unpickler, "persistent_load", broken)
+    with pytest.raises(ZeroDivisionError):
+        load_checkpoint(musicgen_ckpt)
+
+
+def test_the_unpicklers_own_errors_are_damage(tmp_path):
+    """The same kind of error, raised by the unpickler acting on the file's bytes (APPEND on
+    something that is not a list), is one ExportError that keeps its cause."""
+    program = c.integer(1) + c.integer(2) + pickle.APPEND
+    path = c.write(tmp_path / "damaged.th", c.splice(c.save_with_marker({}, c.in_history),
+                                                     program))
+    with pytest.raises(ExportError, match="is not a readable torch checkpoint: 'int' object "
+                                          "has no attribute 'append'") as info:
+        load_checkpoint(path)
+    assert isinstance(info.value.__cause__, AttributeError)
