@@ -69,13 +69,18 @@ class _Allowed(_Sealed):
         self.signature = inspect.signature(func)
 
     def __call__(self, *args: Any) -> Any:
-        # A wrong number of arguments is the file's fault; anything raised inside the checked
-        # function past its own checks is ours, and must not read as a damaged file.
         try:
-            self.signature.bind(*args)
+            return self.func(*args)
         except TypeError as exc:
-            raise BadArguments(f"{self.qualname} with {len(args)} arguments: {exc}") from exc
-        return self.func(*args)
+            # A wrong number of arguments is the file's fault; a TypeError from inside the
+            # checked function, past its own checks, is ours and must not read as damage.
+            # (Bound only on failure: this runs once per tensor of a checkpoint.)
+            try:
+                self.signature.bind(*args)
+            except TypeError:
+                raise BadArguments(f"{self.qualname} with {len(args)} arguments: {exc}"
+                                   ) from exc
+            raise
 
     def __repr__(self) -> str:
         return self.qualname
