@@ -82,7 +82,7 @@ def export_release(
     *,
     state: StateConfig | StateChoice | str = StateChoice.auto,
     compression: CompressionConfig | None = None,
-    validate: ValidateConfig | None = None,
+    validate: ValidateConfig | ValidateLevel | str | None = None,
     dtype: OutputDtype | str = OutputDtype.keep,
     overwrite: bool = False,
     trust: bool = False,
@@ -103,7 +103,8 @@ def export_release(
             for ``average``).
         compression: which compression model file to ship beside an LM (default
             :class:`AutoCompression`: the one the LM was trained with).
-        validate: what to check before publishing (default :class:`ValidateConfig`: ``full``).
+        validate: what to check before publishing (a :class:`ValidateConfig`, or just its
+            level; default ``full``).
         dtype: cast the released floating-point tensors (``keep``: as stored).
         overwrite: replace an existing release (only after the new one validated).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
@@ -119,8 +120,10 @@ def export_release(
     else:
         spec = StateConfig(select=_enum(StateChoice, state))
     compression = compression if compression is not None else AutoCompression()
-    validate = validate if validate is not None else ValidateConfig()
-    validate = replace(validate, level=_enum(ValidateLevel, validate.level))
+    if isinstance(validate, ValidateConfig):
+        validate = replace(validate, level=_enum(ValidateLevel, validate.level))
+    else:
+        validate = ValidateConfig(level=_enum(ValidateLevel, validate or ValidateLevel.full))
     dtype = _enum(OutputDtype, dtype)
     source = (checkpoint if isinstance(checkpoint, CheckpointSource)
               else resolve_checkpoint(checkpoint))
@@ -186,7 +189,7 @@ def _enum(kind: type[E], value: E | str) -> E:
     try:
         return kind(value)
     except ValueError as exc:
-        raise ExportError(f"{shown(value)} is not a {kind.__name__} (one of "
+        raise ExportError(f"unknown {kind.__name__} {shown(value)} (known: "
                           f"{', '.join(m.value for m in kind)})") from exc
 
 

@@ -239,3 +239,22 @@ def test_only_failures_to_reach_the_network_are_blamed_on_it():
             raise KeyError("a bug") from None
     except KeyError as hidden:
         assert not _from_the_network(hidden)  # `from None` hides the context
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"state": "Best"}, r"^unknown StateChoice 'Best' \(known: auto, fsdp_best, best, last, ema, "
+                        r"average\)$"),
+    ({"dtype": "fp16"}, r"^unknown OutputDtype 'fp16' \(known: keep, float16, bfloat16, "
+                        r"float32\)$"),
+    ({"validate": "lod"}, r"^unknown ValidateLevel 'lod' \(known: full, load, none\)$"),
+])
+def test_library_callers_misspelling_a_choice_get_one_line(musicgen_ckpt, tmp_path, args,
+                                                           message):
+    with pytest.raises(ExportError, match=message):
+        export_release(musicgen_ckpt, tmp_path / "rel", **args)
+    assert not (tmp_path / "rel").exists()
+
+
+def test_validate_may_be_given_as_its_level(musicgen_ckpt, tmp_path):
+    result = export_release(musicgen_ckpt, tmp_path / "rel", validate="load")
+    assert_validated(result.manifest, ["lm_file", "load_compression_model", "load_lm_model"])
