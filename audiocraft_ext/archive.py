@@ -11,7 +11,7 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,28 +96,61 @@ class CheckpointArchive:
         CRC-32 against the archive's directory."""
         nbytes = out.numel()
         with self._reading(record):
-            info = self._zip.getinfo(self.prefix + record)
-            if info.file_size != nbytes:
-                raise ExportError(f"{self.path} is damaged: its record {shown(record)} holds "
-                                  f"{info.file_size} bytes, its tensor needs {nbytes}")
+            start = self._located(record, nbytes)
             view = out.numpy().data.cast("B") if nbytes else memoryview(b"")
-            crc = self._pread_into(self._data_offset(info), view)
-            if crc != info.CRC:
-                self.check_unchanged()
-                raise ExportError(f"{self.path} is damaged: its record {shown(record)} does "
-                                  "not match its CRC-32")
+            crc = 0
+            for done in range(0, nbytes, _CHUNK):
+                chunk = view[done:done + _CHUNK]
+                self._pread_exactly(start + done, chunk)
+                crc = zlib.crc32(chunk, crc)
+        self.check_crc(record, crc)
+
+    def chunks(self, record: str, nbytes: int, slots: Sequence[memoryview]
+               ) -> Iterator[memoryview]:
+        """The bytes of ``record`` (``nbytes``), read in turn into the equal-sized ``slots``:
+        a slot is read into again ``len(slots)`` chunks later. The caller computes the CRC-32
+        on the way and hands it to :meth:`check_crc`."""
+        with self._reading(record):
+            start = self._located(record, nbytes)
+            step = len(slots[0])
+            for i, done in enumerate(range(0, nbytes, step)):
+                chunk = slots[i % len(slots)][: min(step, nbytes - done)]
+                self._pread_exactly(start + done, chunk)
+                yield chunk
+
+    def check_crc(self, record: str, crc: int) -> None:
+        """Raise unless ``crc`` (of the bytes just read) is ``record``'s CRC-32 in the
+        directory, and the file is unchanged."""
+        if crc != self._zip.getinfo(self.prefix + record).CRC:
+            self.check_unchanged()
+            raise ExportError(f"{self.path} is damaged: its record {shown(record)} does "
+                              "not match its CRC-32")
         self.check_unchanged()
 
-    def _pread_into(self, start: int, view: memoryview) -> int:
-        fd, crc, done = self._file.fileno(), 0, 0
+    def crc(self, record: str) -> int:
+        """``record``'s CRC-32 as the directory records it."""
+        return self._zip.getinfo(self.prefix + record).CRC
+
+    def data_offset(self, record: str) -> int:
+        """Where the bytes of ``record`` start in the file."""
+        with self._reading(record):
+            return self._data_offset(self._zip.getinfo(self.prefix + record))
+
+    def _located(self, record: str, nbytes: int) -> int:
+        """Where ``record`` starts, after checking it holds ``nbytes``."""
+        info = self._zip.getinfo(self.prefix + record)
+        if info.file_size != nbytes:
+            raise ExportError(f"{self.path} is damaged: its record {shown(record)} holds "
+                              f"{info.file_size} bytes, its tensor needs {nbytes}")
+        return self._data_offset(info)
+
+    def _pread_exactly(self, start: int, view: memoryview) -> None:
+        fd, done = self._file.fileno(), 0
         while done < len(view):
-            chunk = view[done:done + _CHUNK]
-            n = os.preadv(fd, [chunk], start + done)
+            n = os.preadv(fd, [view[done:]], start + done)
             if n <= 0:
                 raise EOFError("the file ends inside this record")
-            crc = zlib.crc32(chunk[:n], crc)
             done += n
-        return crc
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where the stored bytes of ``info`` start: after its local header."""

@@ -53,6 +53,7 @@ from .release import (
 from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
+from .torch_zip import WrittenZip
 from .validation import validate_compression_release, validate_release
 from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 
@@ -153,18 +154,20 @@ def export_release(
                 packages = {LM_FILE: release_package(weights, cfg)}
                 if shipped is not None:
                     packages[COMPRESSION_FILE] = shipped.package
-            files = _write(staging, packages)
+            written = _write(staging, packages)
         manifest = Manifest(
             release=str(out_dir),
             source=SourceRecord(**vars(FileFacts.of(source.path)), name=source.name,
                                 solver=solver, xp_sig=sel.xp_sig),
             state=StateRecord(**vars(StateFacts.of(weights)), selected=spec.select.value,
                               key=sel.key, dtype=dtype.value, members=sel.members),
-            compression=_compression_record(shipped), repairs=repairs, files=files,
+            compression=_compression_record(shipped), repairs=repairs,
+            files={name: ReleaseFile(w.size, w.sha256) for name, w in written.items()},
             versions=versions(), config=dict(config) if config is not None else None)
         with phase(validation_phase), no_resolvers():
             if compression_only:
-                manifest.validation = validate_compression_release(staging, weights, validate)
+                manifest.validation = validate_compression_release(staging, weights, validate,
+                                                                   written)
             else:
                 stand_in = None
                 if validate.compression_model and shipped is not None and shipped.pretrained:
@@ -172,14 +175,15 @@ def export_release(
                         CheckpointCompression(path=validate.compression_model), cfg, source,
                         trust=trust)
                 manifest.validation = validate_release(staging, cfg, weights, shipped,
-                                                       validate, stand_in)
+                                                       validate, written, stand_in)
         manifest.timings = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
         write_json(manifest.to_json(), staging / MANIFEST_FILE)
-    logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB)",
-                export_phase["seconds"], export_phase["peak_rss_bytes"] / 2**20,
-                validate.level.value, validation_phase["seconds"],
+    logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB); "
+                "process peak RSS %.0f MiB", export_phase["seconds"],
+                export_phase["phase_peak_rss_bytes"] / 2**20, validate.level.value,
+                validation_phase["seconds"], validation_phase["phase_peak_rss_bytes"] / 2**20,
                 validation_phase["peak_rss_bytes"] / 2**20)
     logger.info("release written to %s", out_dir)
     return ExportResult(out_dir, manifest)
@@ -209,16 +213,15 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     return selected
 
 
-def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str, ReleaseFile]:
-    """Write the release files into ``staging``; return their bytes and sha256."""
+def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str, WrittenZip]:
+    """Write the release files into ``staging``; return what was written."""
     total = sum(StateFacts.of(p["best_state"]).bytes for p in packages.values()
                 if "best_state" in p)
     advance, close = byte_progress(total, "writing release")
     files = {}
     try:
         for name, package in packages.items():
-            digest = save_package(package, staging / name, advance)
-            files[name] = ReleaseFile((staging / name).stat().st_size, digest)
+            files[name] = save_package(package, staging / name, advance)
     finally:
         close()
     return files

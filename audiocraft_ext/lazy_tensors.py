@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +59,14 @@ class StoredStorage(_NotFromPickles):
         self.read_into(out)
         return out
 
+    def chunks(self, slots: Sequence[memoryview]) -> Iterator[memoryview]:
+        """The storage's bytes, chunk by chunk, read into ``slots`` in turn; the consumer
+        hands their CRC-32 to :meth:`check_crc`."""
+        return self.archive.chunks(self.record, self.nbytes, slots)
+
+    def check_crc(self, crc: int) -> None:
+        self.archive.check_crc(self.record, crc)
+
 
 @dataclass(eq=False)
 class StoredTensor(_NotFromPickles):
@@ -86,12 +94,44 @@ class StoredTensor(_NotFromPickles):
 
     def load(self) -> torch.Tensor:
         """Read the tensor (its whole storage) into memory."""
-        flat = self.storage.read()
+        return self.load_into(Scratch())
+
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        """The tensor, read into ``scratch``'s ``"stored"`` buffer (valid until it is reused)."""
+        flat = scratch.take("stored", self.storage.nbytes)
+        self.storage.read_into(flat)
         flat = flat.view(self.dtype) if flat.numel() else torch.empty(0, dtype=self.dtype)
         return flat.as_strided(self.size, self.stride, self.offset)
 
     def __repr__(self) -> str:
         return f"StoredTensor({tuple(self.size)}, {self.dtype}, key={self.storage.key})"
+
+
+class Scratch:
+    """Buffers reused from one tensor to the next.
+
+    Reading or computing tensors one after another into fresh allocations leaves freed blocks
+    of every size in the C heap, which is not given back to the system: the process grows to
+    a multiple of the largest tensor. Reused buffers cost the largest tensor, once.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, nbytes: int) -> torch.Tensor:
+        """A flat uint8 tensor of ``nbytes`` in buffer ``name``, grown when too small; what
+        it held before is overwritten by whoever takes it next."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < nbytes:
+            self._buffers.pop(name, None)  # freed before its successor is allocated
+            buffer = self._buffers[name] = torch.empty(nbytes, dtype=torch.uint8)
+        return buffer[:nbytes]
+
+    def tensor(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` and ``dtype`` in buffer ``name``."""
+        nbytes = math.prod(shape) * element_size(dtype)
+        flat = self.take(name, nbytes)
+        return (flat.view(dtype) if nbytes else torch.empty(0, dtype=dtype)).view(shape)
 
 
 class LazyTensor(Protocol):
@@ -110,6 +150,10 @@ class LazyTensor(Protocol):
 
     def load(self) -> torch.Tensor:
         """The tensor, in memory."""
+        ...
+
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        """The tensor, in ``scratch``'s buffers: valid until the next use of ``scratch``."""
         ...
 
 
@@ -137,24 +181,34 @@ class ComputedTensor:
         return self.dtype.is_floating_point
 
     def load(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The computed tensor, contiguous (subclasses compute it, or override
+        :meth:`load_into`)."""
+        return self.load_into(Scratch())
+
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        return self.load()
 
 
 class CastTensor(ComputedTensor):
     """One tensor cast to ``dtype`` (``output.dtype``)."""
 
-    def load(self) -> torch.Tensor:
-        return as_tensor(self.sources[0]).to(self.dtype).contiguous()
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        out = scratch.tensor("result", self.shape, self.dtype)
+        out.copy_(load_into(self.sources[0], scratch))
+        return out
 
 
 class AverageTensor(ComputedTensor):
     """The mean of the sources, computed in float32 and cast to ``dtype`` (state=average)."""
 
-    def load(self) -> torch.Tensor:
-        total = torch.zeros(self.shape, dtype=torch.float32)
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        total = scratch.tensor("sum", self.shape, torch.float32).zero_()
         for source in self.sources:
-            total += as_tensor(source).to(torch.float32)
-        return (total / len(self.sources)).to(self.dtype).contiguous()
+            total.add_(load_into(source, scratch))
+        total.div_(len(self.sources))
+        out = scratch.tensor("result", self.shape, self.dtype)
+        out.copy_(total)
+        return out
 
 
 def is_tensor(value: Any) -> bool:
@@ -165,10 +219,24 @@ def as_tensor(value: TensorLike) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else value.load()
 
 
+def load_into(value: TensorLike, scratch: Scratch) -> torch.Tensor:
+    """``value`` in memory, in ``scratch``'s buffers unless it already is a tensor."""
+    return value if isinstance(value, torch.Tensor) else value.load_into(scratch)
+
+
 def cast_state(state: Mapping[str, TensorLike], dtype: torch.dtype) -> dict[str, TensorLike]:
     """``state`` with its floating-point tensors cast to ``dtype`` on read; others untouched."""
     return {k: CastTensor([v], dtype) if v.is_floating_point() and v.dtype != dtype else v
             for k, v in state.items()}
+
+
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``, in elements."""
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(stride))
 
 
 def element_size(dtype: torch.dtype) -> int:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ExportError
 from .lazy_tensors import TensorLike
 from .torch_writer import save_streaming
+from .torch_zip import WrittenZip
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
@@ -46,8 +47,9 @@ def pointer_package(pretrained: str) -> dict[str, Any]:
 
 
 def save_package(package: Mapping[str, Any], path: Path,
-                 progress: Callable[[int], None] | None = None) -> str:
-    """Write a release file as torch.save would, streamed and fsync'ed; return its sha256."""
+                 progress: Callable[[int], None] | None = None) -> WrittenZip:
+    """Write a release file as torch.save would, streamed and fsync'ed; return its size,
+    sha256 and records."""
     return save_streaming(dict(package), path, progress)
 
 

@@ -2,21 +2,18 @@
 
 ``torch.save`` needs every tensor in memory at once. This writer pickles the object the way
 torch.save does (same records, same rebuild calls, pickle protocol 2, storages keyed "0",
-"1", ...) but copies each storage into the archive straight from its source, so a release of
-N bytes is written while holding one storage at a time, and :class:`StoredTensor` values are
-never materialised as a whole. ``torch.load`` reads the result like any torch.save file.
+"1", ...) and writes the archive itself (:mod:`.torch_zip`), copying each storage straight
+from its source, so a release of N bytes is written while holding a few buffers, and
+:class:`StoredTensor` values are never materialised as a whole. ``torch.load`` reads the
+result like any torch.save file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import pickle
-import resource
-import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +21,30 @@ import torch
 from torch._utils import _rebuild_tensor_v2
 
 from .errors import ExportError
-from .lazy_tensors import ComputedTensor, StoredStorage, StoredTensor, as_tensor, element_size
+from .lazy_tensors import (
+    ComputedTensor,
+    Scratch,
+    StoredStorage,
+    StoredTensor,
+    TensorLike,
+    contiguous_stride,
+    element_size,
+    load_into,
+)
+from .torch_zip import ALIGNMENT, TorchZipWriter, WrittenZip
 
 ProgressFn = Callable[[int], None]
-# Recent torch takes the storage itself and deprecates raw pointers; torch 2.1 takes pointers.
-_WRITES_STORAGES = "StorageBase" in (torch._C.PyTorchFileWriter.write_record.__doc__ or "")
+CHUNK = 8 << 20  # bytes per write: large for the disk, small for the hasher's cache
 
 
 class _OutStorage:
     """A storage to write: its pickled identity, and where its bytes come from: a record of
-    the source archive (``stored``, read into a buffer reused for every record) or a tensor
-    (``read``)."""
+    the source archive (``stored``: copied chunk by chunk) or a tensor (``value``)."""
 
     def __init__(self, key: str, dtype: torch.dtype, numel: int, nbytes: int,
-                 stored: StoredStorage | None = None,
-                 read: Callable[[], torch.Tensor] | None = None) -> None:
+                 stored: StoredStorage | None = None, value: TensorLike | None = None) -> None:
         self.key, self.dtype, self.numel, self.nbytes = key, dtype, numel, nbytes
-        self.stored, self.read = stored, read
-
-    def flat(self, buffer: torch.Tensor) -> torch.Tensor:
-        """The storage's bytes as a flat uint8 tensor starting at its storage's start."""
-        if self.stored is None:
-            assert self.read is not None
-            return self.read()
-        self.stored.read_into(buffer[: self.nbytes])
-        return buffer
-
-
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
-    stride, step = [], 1
-    for size in reversed(shape):
-        stride.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(stride))
+        self.stored, self.value = stored, value
 
 
 _TYPED_STORAGES = torch.storage._dtype_to_storage_type_map()
@@ -103,15 +91,13 @@ class _StreamingPickler(pickle.Pickler):
                                 src.nbytes, stored=src)
             return _rebuild_args(out, obj.dtype, obj.offset, obj.size, obj.stride)
         if isinstance(obj, (torch.Tensor, ComputedTensor)):  # written as a new storage
-            value = obj.detach().cpu().contiguous() if isinstance(obj, torch.Tensor) else obj
             shape = tuple(obj.shape)
             numel = obj.numel()
             nbytes = numel * obj.element_size()
             typed = obj.dtype in _TYPED_STORAGES
             out = self._storage(obj, obj.dtype if typed else torch.uint8,
-                                numel if typed else nbytes, nbytes,
-                                read=lambda: as_tensor(value).reshape(-1).view(torch.uint8))
-            return _rebuild_args(out, obj.dtype, 0, shape, _contiguous_stride(shape))
+                                numel if typed else nbytes, nbytes, value=obj)
+            return _rebuild_args(out, obj.dtype, 0, shape, contiguous_stride(shape))
         return NotImplemented
 
     def persistent_id(self, obj: Any) -> tuple | None:
@@ -120,61 +106,54 @@ class _StreamingPickler(pickle.Pickler):
         return None
 
 
-def save_streaming(obj: Any, path: Path, progress: ProgressFn | None = None) -> str:
-    """Write ``obj`` (tensors may be :class:`StoredTensor`) as a torch.save file at ``path``,
-    fsync'ed, and return its sha256. ``progress`` gets the bytes of each storage written.
+def save_streaming(obj: Any, path: Path, progress: ProgressFn | None = None) -> WrittenZip:
+    """Write ``obj`` (tensors may be lazy) as a torch.save file at ``path``, fsync'ed, and
+    return its size, sha256 and records. ``progress`` gets the bytes of each storage written.
 
-    Records of the source archive are read (CRC-checked against the source's directory) into
-    one buffer, reused for every record so that memory stays flat, and handed from there to
-    torch's zip writer.
+    A record of the source archive is copied chunk by chunk through a few reused buffers: read
+    once, CRC-checked against the source's directory and hashed for the release on the way,
+    written once. A computed tensor (cast, average) is computed into reused buffers. So memory
+    stays flat whatever the size of the state, and no byte is read back.
     """
     buf = io.BytesIO()
     pickler = _StreamingPickler(buf)
     pickler.dump(obj)
-    data = buf.getvalue()
-    largest = max((o.nbytes for o in pickler.storages.values() if o.stored is not None),
-                  default=0)
-    buffer = torch.empty(largest, dtype=torch.uint8)
+    scratch = Scratch()
+    slots: list[memoryview] = []
     try:
-        with torch.serialization._open_zipfile_writer(str(path)) as zf:
-            zf.write_record("data.pkl", data, len(data))
-            if hasattr(torch.serialization, "_get_storage_alignment"):  # as torch.save does
-                zf.write_record(".format_version", "1", 1)
-                alignment = str(torch.serialization._get_storage_alignment())
-                zf.write_record(".storage_alignment", alignment, len(alignment))
-            zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
+        with TorchZipWriter(path, path.stem) as zw:
+            zw.write_record("data.pkl", buf.getvalue())
+            zw.write_record(".format_version", b"1")
+            zw.write_record(".storage_alignment", str(ALIGNMENT).encode())
+            zw.write_record("byteorder", b"little")
             for out in pickler.storages.values():
-                flat = out.flat(buffer)
-                if _WRITES_STORAGES:
-                    if flat.storage_offset():
-                        flat = flat.clone()  # a view: write its bytes, not its base's
-                    # torch writes the first out.nbytes bytes of the storage
-                    record: Any = flat.untyped_storage()
+                name = f"data/{out.key}"
+                if out.stored is not None:
+                    slots = slots or [memoryview(bytearray(CHUNK))
+                                      for _ in range(zw.IN_FLIGHT + 1)]
+                    out.stored.check_crc(zw.write_chunks(name, out.nbytes,
+                                                         out.stored.chunks(slots)))
                 else:
-                    record = flat.data_ptr()
-                zf.write_record(f"data/{out.key}", record, out.nbytes)
-                del flat, record
+                    assert out.value is not None
+                    zw.write_chunks(name, out.nbytes, _chunked(_bytes_of(out.value, scratch)))
                 if progress is not None:
                     progress(out.nbytes)
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-            digest = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-            return digest.hexdigest()
+            return zw.finish()
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except RuntimeError as exc:  # torch's zip writer reports failed writes without errno
-        raise ExportError(f"cannot write {path}: {_why_write_failed(path, exc)}") from exc
 
 
-def _why_write_failed(path: Path, exc: RuntimeError) -> str:
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    size = path.stat().st_size if path.exists() else 0
-    if limit != resource.RLIM_INFINITY and size >= limit - (1 << 16):
-        return f"File too large (the file size limit, ulimit -f, is {limit} bytes)"
-    disk = os.statvfs(path.parent)
-    if disk.f_bavail * disk.f_frsize < (64 << 20):
-        return f"No space left on device ({disk.f_bavail * disk.f_frsize} bytes free)"
-    return f"the write stopped short ({str(exc).splitlines()[0]})"
+def _bytes_of(value: TensorLike, scratch: Scratch) -> memoryview:
+    """The bytes of ``value`` made contiguous (in ``scratch`` unless it is a tensor)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+    else:
+        tensor = load_into(value, scratch).contiguous()
+    flat = tensor.reshape(-1).view(torch.uint8)
+    return flat.numpy().data.cast("B") if flat.numel() else memoryview(b"")
 
+
+def _chunked(view: memoryview) -> Iterator[memoryview]:
+    """``view`` in CHUNK-sized pieces, so that hashing overlaps writing."""
+    for start in range(0, len(view), CHUNK):
+        yield view[start:start + CHUNK]

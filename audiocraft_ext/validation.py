@@ -21,11 +21,20 @@ from omegaconf.errors import UnsupportedInterpolationType
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
 from .errors import ExportError, first_line, shown
-from .lazy_tensors import TensorLike, as_tensor
+from .lazy_tensors import (
+    Scratch,
+    StoredTensor,
+    TensorLike,
+    as_tensor,
+    contiguous_stride,
+    load_into,
+)
+from .lean_loading import lean_loading
 from .manifest import ValidationReport
 from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
 from .states import StateDict
+from .torch_zip import WrittenZip
 from .xp_config import needed_value
 
 logger = logging.getLogger(__name__)
@@ -55,7 +64,28 @@ def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, Tens
 
     With ``cast``, ``expected`` is first cast to each actual tensor's dtype (a float16 best
     state reloaded into a float32 model is exact, so equality still proves every value).
+    Expected tensors are read (or computed) one at a time into reused buffers.
     """
+    _check_same_keys(expected, actual, what)
+    scratch = Scratch()
+    differ = []
+    for key, stored in expected.items():
+        want, got = load_into(stored, scratch), as_tensor(actual[key])
+        if not cast and got.dtype != want.dtype:
+            differ.append(f"{key} ({want.dtype} became {got.dtype})")
+        elif got.shape != want.shape:
+            differ.append(f"{key} (shape {tuple(want.shape)} became {tuple(got.shape)})")
+        else:
+            if want.dtype != got.dtype:
+                want = scratch.tensor("compare", want.shape, got.dtype).copy_(want)
+            if not same_bits(got.cpu(), want):
+                differ.append(key)
+    if differ:
+        raise ExportError(f"{what}: {len(differ)} of {len(expected)} tensors differ from the "
+                          f"source state, first {differ[0]}")
+
+
+def _check_same_keys(expected: Mapping[str, Any], actual: Mapping[str, Any], what: str) -> None:
     missing = sorted(set(expected) - set(actual))
     unexpected = sorted(set(actual) - set(expected))
     if missing or unexpected:
@@ -63,18 +93,6 @@ def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, Tens
                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
         raise ExportError(f"{what}: keys differ from the source state: "
                           + ", ".join(p for p in parts if p))
-    differ = []
-    for key, stored in expected.items():
-        want, got = as_tensor(stored), as_tensor(actual[key])
-        if not cast and got.dtype != want.dtype:
-            differ.append(f"{key} ({want.dtype} became {got.dtype})")
-        elif got.shape != want.shape:
-            differ.append(f"{key} (shape {tuple(want.shape)} became {tuple(got.shape)})")
-        elif not same_bits(got.cpu(), want.to(got.dtype)):
-            differ.append(key)
-    if differ:
-        raise ExportError(f"{what}: {len(differ)} of {len(expected)} tensors differ from the "
-                          f"source state, first {differ[0]}")
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -149,15 +167,20 @@ def _state_dict_mismatch(message: str) -> str | None:
 
 def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
                      compression: CompressionRelease | None, settings: ValidateConfig,
+                     written: Mapping[str, WrittenZip],
                      stand_in: CompressionRelease | None = None) -> ValidationReport:
     """Check a (staged) release folder per ``settings.level``; raise ExportError on failure.
 
-    ``stand_in`` is a local compression model to validate with when the release points at a
-    //pretrained/ one (``validate.compression_model``). Returns the manifest's report.
+    ``written`` is what the writer wrote (sizes, record CRCs). ``stand_in`` is a local
+    compression model to validate with when the release points at a //pretrained/ one
+    (``validate.compression_model``). Returns the manifest's report.
     """
     report = ValidationReport(settings.level.value)
     if settings.level is ValidateLevel.none:
         return report
+    files = {LM_FILE: lm_state}
+    if compression is not None and compression.state is not None and not compression.pretrained:
+        files[COMPRESSION_FILE] = compression.state
     with ExitStack() as stack:
         load_dir = release_dir
         if stand_in is not None and compression is not None and compression.pretrained:
@@ -166,26 +189,65 @@ def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
             save_package(stand_in.package, load_dir / COMPRESSION_FILE)
             report.compression_stand_in = stand_in.reference
             compression = stand_in
-        _run_checks(release_dir, load_dir, lm_cfg, lm_state, compression, settings, report)
+        _run_checks(release_dir, load_dir, lm_cfg, lm_state, compression, settings,
+                    {name: (state, written[name]) for name, state in files.items()}, report)
     return report
 
 
 def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
                 compression: CompressionRelease | None, settings: ValidateConfig,
+                files: Mapping[str, tuple[StateDict, WrittenZip]],
                 report: ValidationReport) -> None:
-    from audiocraft.models import loaders
-
+    """``load``: the file, then audiocraft's load_compression_model and load_lm_model (each
+    compared exactly with its source state). ``full``: the file, then X.get_pretrained, which
+    runs those same two loaders: its LM and compression model are compared instead, so each
+    model is built once; then generation."""
     checks = _Checks()
     report.checks = checks.results
-    device = settings.device
     solver = needed_value(lm_cfg, "solver", "the LM", default="")
     family = FAMILIES.get(solver)
     if family is None:
         raise ExportError(f"cannot validate an LM of solver {shown(solver)} (known: "
                           f"{', '.join(FAMILIES)}); use validate=none")
+    for name, (state, wrote) in files.items():
+        with checks.check("lm_file" if name == LM_FILE else "compression_file"):
+            _check_release_file(release_dir / name, state, wrote)
+    full = settings.level is ValidateLevel.full and compression is not None
+    if full:
+        _check_segment_duration(lm_cfg, family)
+    logger.info("importing audiocraft")
+    from audiocraft.models import loaders
 
-    with checks.check("lm_file"):
-        _check_release_file(release_dir / LM_FILE, lm_state)
+    with lean_loading():
+        if not full:
+            _check_loaders(loaders, load_dir, lm_state, compression, family, settings, checks,
+                           report)
+            return
+        assert compression is not None
+        with checks.check("get_pretrained") as entry:
+            import audiocraft.models
+
+            cls = getattr(audiocraft.models, family.model_class)
+            model = _load_pretrained(lambda: cls.get_pretrained(str(load_dir),
+                                                                device=settings.device),
+                                     compression.pretrained)
+            entry["model_class"] = cls.__name__
+            if compression.state is not None:
+                compare_states(compression.state, model.compression_model.state_dict(),
+                               f"{cls.__name__}.get_pretrained's compression model", cast=True)
+            compare_states(lm_state, model.lm.state_dict(), f"{cls.__name__}.get_pretrained's "
+                           "LM", cast=True)
+            entry["proves"] = ["load_compression_model", "load_lm_model_magnet"
+                               if family.magnet else "load_lm_model"]
+    with checks.check("generate") as entry:
+        entry.update(_generate(model, settings))
+
+
+def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
+                   compression: CompressionRelease | None, family: Family,
+                   settings: ValidateConfig, checks: _Checks, report: ValidationReport) -> None:
+    """audiocraft's load_compression_model and load_lm_model(_magnet), each compared."""
+    device = settings.device
     frame_rate = None
     if compression is None:
         report.skipped.append("compression and get_pretrained: compression=none")
@@ -202,44 +264,34 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     if family.magnet and frame_rate is None:
         report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
                               "rate")
-    else:
-        with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model"):
-            if family.magnet and frame_rate is not None:
-                lm = loaders.load_lm_model_magnet(
-                    load_dir, compression_model_frame_rate=frame_rate, device=device)
-            else:
-                lm = loaders.load_lm_model(load_dir, device=device)
-            compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
-            del lm
-    if settings.level is ValidateLevel.load or compression is None:
         return
-    _check_segment_duration(lm_cfg, family)
-    with checks.check("get_pretrained") as entry:
-        import audiocraft.models
-
-        cls = getattr(audiocraft.models, family.model_class)
-        model = _load_pretrained(
-            lambda: cls.get_pretrained(str(load_dir), device=device), compression.pretrained)
-        entry["model_class"] = cls.__name__
-    with checks.check("generate") as entry:
-        entry.update(_generate(model, settings))
+    with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model"):
+        if family.magnet and frame_rate is not None:
+            lm = loaders.load_lm_model_magnet(
+                load_dir, compression_model_frame_rate=frame_rate, device=device)
+        else:
+            lm = loaders.load_lm_model(load_dir, device=device)
+        compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
+        del lm
 
 
 def validate_compression_release(release_dir: Path, state: StateDict,
-                                 settings: ValidateConfig) -> ValidationReport:
+                                 settings: ValidateConfig,
+                                 written: Mapping[str, WrittenZip]) -> ValidationReport:
     """Check an EnCodec-only release: the file, CompressionModel.get_pretrained(file) with an
     exact comparison, and (``full``) an encode/decode round trip."""
     report = ValidationReport(settings.level.value)
     if settings.level is ValidateLevel.none:
         return report
-    from audiocraft.models import CompressionModel
-
     checks = _Checks()
     report.checks = checks.results
     path = release_dir / COMPRESSION_FILE
     with checks.check("compression_file"):
-        _check_release_file(path, state)
-    with checks.check("get_pretrained") as entry:
+        _check_release_file(path, state, written[COMPRESSION_FILE])
+    logger.info("importing audiocraft")
+    from audiocraft.models import CompressionModel
+
+    with checks.check("get_pretrained") as entry, lean_loading():
         model = CompressionModel.get_pretrained(str(path), device=settings.device)
         compare_states(state, model.state_dict(), "CompressionModel.get_pretrained", cast=True)
         entry["model_class"] = type(model).__name__
@@ -249,12 +301,48 @@ def validate_compression_release(release_dir: Path, state: StateDict,
     return report
 
 
-def _check_release_file(path: Path, state: StateDict) -> None:
+def _check_release_file(path: Path, state: StateDict, written: WrittenZip) -> None:
+    """The file holds what was written, without reading its tensors' bytes: its size, its
+    layout, each tensor's dtype, shape and view, and each storage record's CRC-32 in its
+    directory equal to the one computed on the bytes as they were written (for a record
+    copied as it is, also to the source's own). The bytes themselves are proven by the load
+    checks, which compare every value."""
+    size = path.stat().st_size
+    if size != written.size:
+        raise ExportError(f"{path.name} holds {size} bytes; {written.size} were written")
     pkg = load_checkpoint(path)
     if sorted(pkg) != ["best_state", "exported", "version", "xp.cfg"] \
             or not isinstance(pkg["xp.cfg"], str) or pkg["exported"] is not True:
         raise ExportError(f"{path.name} does not have the release layout: keys {sorted(pkg)}")
-    compare_states(state, pkg["best_state"], path.name)
+    released = pkg["best_state"]
+    _check_same_keys(state, released, path.name)
+    differ = [f"{key} ({problem})" for key, want in state.items()
+              if (problem := _record_problem(want, released[key], written))]
+    if differ:
+        raise ExportError(f"{path.name}: {len(differ)} of {len(state)} tensors are not as "
+                          f"written, first {differ[0]}")
+
+
+def _record_problem(want: TensorLike, got: Any, written: WrittenZip) -> str | None:
+    """How the released tensor ``got`` differs from what was written for ``want``, or None."""
+    if not isinstance(got, StoredTensor):
+        return f"a {type(got).__name__}, not a stored tensor"
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return f"{want.dtype} {tuple(want.shape)} became {got.dtype} {tuple(got.shape)}"
+    archive, record = got.storage.archive, got.storage.record
+    wrote = written.records.get(archive.prefix + record)
+    if wrote is None or archive.data_offset(record) != wrote.offset:
+        return f"its record {record} is not where it was written"
+    if archive.crc(record) != wrote.crc:
+        return "its record's CRC-32 differs from the bytes written"
+    if isinstance(want, StoredTensor):  # copied as it is: same view of the same bytes
+        if (got.offset, got.stride) != (want.offset, want.stride):
+            return "its view (offset, stride) differs from the source's"
+        if wrote.crc != want.storage.archive.crc(want.storage.record):
+            return "its bytes differ from the source record's"
+    elif got.offset != 0 or got.stride != contiguous_stride(got.size):
+        return "a computed tensor not stored contiguously"
+    return None
 
 
 def _round_trip(model: Any, settings: ValidateConfig) -> dict[str, Any]:

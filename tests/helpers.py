@@ -25,9 +25,10 @@ from audiocraft_ext.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# what validate=full runs on a MusicGen release with a compression model, in order
-FULL_CHECKS = ["lm_file", "load_compression_model", "load_lm_model", "get_pretrained",
-               "generate"]
+# what validate=full and validate=load run on a MusicGen release with a compression model file,
+# in order (at full, get_pretrained runs audiocraft's two loaders: each model is built once)
+FULL_CHECKS = ["lm_file", "compression_file", "get_pretrained", "generate"]
+LOAD_CHECKS = ["lm_file", "compression_file", "load_compression_model", "load_lm_model"]
 
 
 def torch_load(path: Path):

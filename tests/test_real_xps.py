@@ -40,10 +40,11 @@ def test_lm_families_validate_with_their_model_class(real_xps, tmp_path, name, m
     xp = real_xps["xps"][name]
     _, out, manifest = _export(tmp_path, "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
                                f"input.sig={xp['sig']}")
-    reload = "load_lm_model_magnet" if name == "magnet" else "load_lm_model"
-    assert_validated(manifest, ["lm_file", "load_compression_model", reload, "get_pretrained",
-                                "generate"])
+    assert_validated(manifest, FULL_CHECKS)
     assert _checks(manifest)["get_pretrained"]["model_class"] == model_class
+    # get_pretrained's own loaders built both models, each compared with its source state
+    reload = "load_lm_model_magnet" if name == "magnet" else "load_lm_model"
+    assert _checks(manifest)["get_pretrained"]["proves"] == ["load_compression_model", reload]
     assert_same_state(release_state(out / "state_dict.bin"),
                       torch_load(xp["checkpoint"])["best_state"]["model"])
     encodec = real_xps["xps"][{"audiogen": "encodec16"}.get(name, "encodec")]["checkpoint"]
