@@ -54,7 +54,11 @@ from .repairs import loadable_config
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .torch_zip import WrittenZip
-from .validation import validate_compression_release, validate_release
+from .validation import (
+    import_audiocraft_meanwhile,
+    validate_compression_release,
+    validate_release,
+)
 from .xp_config import needed_value, no_resolvers, raw_value, xp_config
 
 logger = logging.getLogger(__name__)
@@ -138,6 +142,8 @@ def export_release(
     with staged_release(out_dir, overwrite, protected) as staging:
         with phase(export_phase):
             sel = _select(source, spec, trust)
+            if validate.level is not ValidateLevel.none:
+                import_audiocraft_meanwhile()
             solver = needed_value(sel.cfg, "solver", str(source.path))
             weights = sel.state if dtype is OutputDtype.keep else cast_state(
                 sel.state, getattr(torch, dtype.value))

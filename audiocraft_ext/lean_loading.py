@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -49,11 +50,17 @@ def lean_loading() -> Iterator[None]:
 
 @contextmanager
 def no_init() -> Iterator[None]:
-    """Within: torch.nn.init's functions leave their tensor as it is."""
+    """Within: torch.nn.init's functions leave their tensor as it is, wherever they are
+    called from: torch.nn.init itself, and the torch and audiocraft modules that imported
+    them by name (``nn.MultiheadAttention`` calls its own ``xavier_uniform_``)."""
+    originals = {id(f): name for name in _INIT_FUNCTIONS
+                 if (f := getattr(torch.nn.init, name, None)) is not None}
     with ExitStack() as stack:
-        for name in _INIT_FUNCTIONS:
-            if hasattr(torch.nn.init, name):
-                stack.enter_context(_replaced(torch.nn.init, name, _skip_init))
+        for module in [m for key, m in list(sys.modules.items())
+                       if key.startswith(("torch.nn", "audiocraft")) and m is not None]:
+            for attr, value in list(vars(module).items()):
+                if id(value) in originals and originals[id(value)] == attr:
+                    stack.enter_context(_replaced(module, attr, _skip_init))
         yield
 
 
@@ -75,7 +82,7 @@ def _mapped(load: Callable[..., Any]) -> Callable[..., Any]:
     def mapped_load(f: Any, *args: Any, **kwargs: Any) -> Any:
         # Only paths of zip files: torch maps nothing else (legacy files, streams).
         if "mmap" not in kwargs and isinstance(f, (str, os.PathLike)) and zipfile.is_zipfile(f):
-            kwargs["mmap"] = True
+            f, kwargs["mmap"] = os.fspath(f), True  # torch 2.1 maps str paths only
         return load(f, *args, **kwargs)
 
     return mapped_load

@@ -28,7 +28,7 @@ ALIGNMENT = 64  # torch.save's storage alignment
 _U32 = 0xFFFFFFFF
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
-_FLAGS = 0x0808  # sizes in a data descriptor after the data; UTF-8 names
+_UTF8, _DESCRIPTOR = 0x0800, 0x0008  # flags: UTF-8 names; sizes in a descriptor after the data
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ class TorchZipWriter:
         start = header_at + _LOCAL.size + len(encoded) + 4 + len(zip64)
         padding = -start % ALIGNMENT
         extra = zip64 + b"FB" + struct.pack("<H", padding) + b"Z" * padding
-        self._emit(_LOCAL.pack(0x04034B50, 0, _FLAGS, 0, 0, 0, 0, 0, 0, len(encoded),
+        flags = _UTF8 | (_DESCRIPTOR if size else 0)  # miniz: an empty record has none
+        self._emit(_LOCAL.pack(0x04034B50, 0, flags, 0, 0, 0, 0, 0, 0, len(encoded),
                                len(extra)) + encoded + extra)
         data_at, done = self._offset, 0
         self._crc = 0  # the hasher is idle: the previous record ended with wait()
@@ -106,13 +107,12 @@ class TorchZipWriter:
             raise ValueError(f"record {name!r}: {done} bytes written, {size} declared")
         self.wait()
         actual = self._crc
-        if zip64:
-            self._emit(struct.pack("<IIQQ", 0x08074B50, actual, size, size))
-        else:
-            self._emit(struct.pack("<IIII", 0x08074B50, actual, size, size))
+        if size:
+            self._emit(struct.pack("<IIQQ" if zip64 else "<IIII", 0x08074B50, actual, size,
+                                   size))
         self.records[full] = Record(data_at, size, actual)
         self._central.append(
-            _CENTRAL.pack(0x02014B50, 0, 0, _FLAGS, 0, 0, 0, actual, min(size, _U32),
+            _CENTRAL.pack(0x02014B50, 0, 0, flags, 0, 0, 0, actual, min(size, _U32),
                           min(size, _U32), len(encoded), len(zip64), 0, 0, 0, 0,
                           min(header_at, _U32)) + encoded + zip64)
         return actual

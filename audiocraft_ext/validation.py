@@ -6,7 +6,9 @@ import logging
 import os
 import re
 import socket
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -56,6 +58,23 @@ FAMILIES = {
     "magnet": Family("MAGNeT", magnet=True),
     "audio_magnet": Family("MAGNeT", magnet=True),
 }
+
+
+def import_audiocraft_meanwhile() -> None:
+    """Start importing audiocraft's models (several seconds of Python) on a thread, so that it
+    overlaps the writing of the release, which mostly waits on the kernel and the hasher
+    thread. The checks import it again: they wait for this import, or redo a failed one and
+    report its error themselves."""
+    if "audiocraft.models" not in sys.modules:
+        logger.info("importing audiocraft while the release is written")
+        threading.Thread(target=_import_models, name="import-audiocraft").start()
+
+
+def _import_models() -> None:
+    try:
+        import audiocraft.models  # noqa: F401  (imported for its side effect: the import)
+    except Exception:  # noqa: BLE001  (the checks import it again and report the error)
+        pass
 
 
 def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, TensorLike],
@@ -215,7 +234,6 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     full = settings.level is ValidateLevel.full and compression is not None
     if full:
         _check_segment_duration(lm_cfg, family)
-    logger.info("importing audiocraft")
     from audiocraft.models import loaders
 
     with lean_loading():
@@ -288,7 +306,6 @@ def validate_compression_release(release_dir: Path, state: StateDict,
     path = release_dir / COMPRESSION_FILE
     with checks.check("compression_file"):
         _check_release_file(path, state, written[COMPRESSION_FILE])
-    logger.info("importing audiocraft")
     from audiocraft.models import CompressionModel
 
     with checks.check("get_pretrained") as entry, lean_loading():
