@@ -12,6 +12,7 @@ import torch
 
 from audiocraft_ext.torch_writer import save_streaming
 from audiocraft_ext.torch_zip import ALIGNMENT
+
 from helpers import assert_same_state
 
 MODERN = hasattr(torch.serialization, "_get_storage_alignment")  # torch writes the same records
@@ -62,7 +63,7 @@ def test_torch_load_reads_it_plain_and_mapped_with_aligned_records(tmp_path):
         assert_same_state(loaded["best_state"], _state()["best_state"])
         assert {k: v for k, v in loaded.items() if k != "best_state"} == \
             {k: v for k, v in _state().items() if k != "best_state"}
-    for name, start, data in _records(path):
+    for name, start, _ in _records(path):
         assert start % ALIGNMENT == 0, name
         assert written.records[name].offset == start
         assert written.records[name].crc == zipfile.ZipFile(path).getinfo(name).CRC
