@@ -16,6 +16,7 @@ from audiocraft_ext.safe_load import load_checkpoint
 from audiocraft_ext.states import select_state
 from audiocraft_ext.validation import _check_release_file
 from audiocraft_ext.xp_config import xp_config
+
 from helpers import torch_load
 
 
