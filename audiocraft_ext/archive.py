@@ -11,7 +11,7 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,17 +105,19 @@ class CheckpointArchive:
                 crc = zlib.crc32(chunk, crc)
         self.check_crc(record, crc)
 
-    def chunks(self, record: str, nbytes: int, slots: Sequence[memoryview]
+    def chunks(self, record: str, nbytes: int, slots: Iterator[memoryview]
                ) -> Iterator[memoryview]:
-        """The bytes of ``record`` (``nbytes``), read in turn into the equal-sized ``slots``:
-        a slot is read into again ``len(slots)`` chunks later. The caller computes the CRC-32
-        on the way and hands it to :meth:`check_crc`."""
+        """The bytes of ``record`` (``nbytes``), each chunk read into the next of ``slots``
+        (equal-sized buffers, e.g. a cycle of them). The consumer computes the CRC-32 on the
+        way and hands it to :meth:`check_crc`."""
         with self._reading(record):
             start = self._located(record, nbytes)
-            step = len(slots[0])
-            for i, done in enumerate(range(0, nbytes, step)):
-                chunk = slots[i % len(slots)][: min(step, nbytes - done)]
+            done = 0
+            while done < nbytes:
+                slot = next(slots)
+                chunk = slot[: min(len(slot), nbytes - done)]
                 self._pread_exactly(start + done, chunk)
+                done += len(chunk)
                 yield chunk
 
     def check_crc(self, record: str, crc: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,9 +59,9 @@ class StoredStorage(_NotFromPickles):
         self.read_into(out)
         return out
 
-    def chunks(self, slots: Sequence[memoryview]) -> Iterator[memoryview]:
-        """The storage's bytes, chunk by chunk, read into ``slots`` in turn; the consumer
-        hands their CRC-32 to :meth:`check_crc`."""
+    def chunks(self, slots: Iterator[memoryview]) -> Iterator[memoryview]:
+        """The storage's bytes, chunk by chunk, each read into the next of ``slots``; the
+        consumer hands their CRC-32 to :meth:`check_crc`."""
         return self.archive.chunks(self.record, self.nbytes, slots)
 
     def check_crc(self, crc: int) -> None:

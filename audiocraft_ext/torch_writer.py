@@ -10,8 +10,13 @@ result like any torch.save file.
 
 from __future__ import annotations
 
+import errno
 import io
+import itertools
+import os
 import pickle
+import resource
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +81,10 @@ class _StreamingPickler(pickle.Pickler):
         super().__init__(file, protocol=2)  # torch.save's DEFAULT_PROTOCOL
         self.storages: dict[int, _OutStorage] = {}  # keyed by id() of the source storage
 
+    @property
+    def has_stored(self) -> bool:
+        return any(out.stored is not None for out in self.storages.values())
+
     def _storage(self, source: Any, dtype: torch.dtype, numel: int, nbytes: int,
                  **origin: Any) -> _OutStorage:
         if id(source) not in self.storages:
@@ -119,28 +128,42 @@ def save_streaming(obj: Any, path: Path, progress: ProgressFn | None = None) -> 
     pickler = _StreamingPickler(buf)
     pickler.dump(obj)
     scratch = Scratch()
-    slots: list[memoryview] = []
+    # One ring of read buffers for all copied records: a buffer comes round again only after
+    # the writer has hashed what it held (it keeps at most IN_FLIGHT chunks unhashed).
+    slots = itertools.cycle([memoryview(bytearray(CHUNK)) for _ in range(
+        TorchZipWriter.IN_FLIGHT + 1)] if pickler.has_stored else [memoryview(b"")])
     try:
         with TorchZipWriter(path, path.stem) as zw:
             zw.write_record("data.pkl", buf.getvalue())
             zw.write_record(".format_version", b"1")
             zw.write_record(".storage_alignment", str(ALIGNMENT).encode())
-            zw.write_record("byteorder", b"little")
+            zw.write_record("byteorder", sys.byteorder.encode())
             for out in pickler.storages.values():
                 name = f"data/{out.key}"
                 if out.stored is not None:
-                    slots = slots or [memoryview(bytearray(CHUNK))
-                                      for _ in range(zw.IN_FLIGHT + 1)]
                     out.stored.check_crc(zw.write_chunks(name, out.nbytes,
                                                          out.stored.chunks(slots)))
                 else:
                     assert out.value is not None
+                    zw.wait()  # the previous computed tensor, in scratch, is hashed
                     zw.write_chunks(name, out.nbytes, _chunked(_bytes_of(out.value, scratch)))
                 if progress is not None:
                     progress(out.nbytes)
             return zw.finish()
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise ExportError(f"cannot write {path}: {_why_write_failed(path, exc)}") from exc
+
+
+def _why_write_failed(path: Path, exc: OSError) -> str:
+    """The system's reason, with the limit that was hit when it is the file size or disk."""
+    reason = exc.strerror or str(exc)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if exc.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return f"{reason} (the file size limit, ulimit -f, is {limit} bytes)"
+    if exc.errno == errno.ENOSPC:
+        disk = os.statvfs(path.parent)
+        return f"{reason} ({disk.f_bavail * disk.f_frsize} bytes free)"
+    return reason
 
 
 def _bytes_of(value: TensorLike, scratch: Scratch) -> memoryview:
