@@ -141,3 +141,36 @@ def test_lean_loading_maps_zip_files_and_initialises_models_built_otherwise(musi
     assert _file_mapped_at(tensor.data_ptr()) == str(musicgen_ckpt)  # mapped, not read
     assert torch.equal(tensor, next(iter(torch_load(musicgen_ckpt)["best_state"]["model"]
                                          .values())))
+
+
+def _mapped_rss(path) -> int:
+    """Resident bytes of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if "-" in head[0] and ":" not in head[0]:  # a mapping's first line
+                inside = len(head) == 6 and head[5] == str(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+def test_mapped_pages_are_given_back_once_copied_and_read_again_when_needed(tmp_path):
+    from audiocraft_ext.lean_loading import _MappedStorages
+
+    path = tmp_path / "state_dict.bin"
+    torch.save({"a": torch.arange(4 << 20, dtype=torch.float32), "b": torch.ones(3)}, path)
+    mapped = _MappedStorages()
+    with lean_loading():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    mapped.add(state)
+    assert float(state["a"].sum()) > 0  # reads every page: 16 MiB resident
+    assert _mapped_rss(path) >= 16 << 20
+    for tensor in state.values():
+        mapped.release(tensor)
+    assert _mapped_rss(path) < 64 << 10  # at most the pages shared with neighbours
+    assert torch.equal(state["a"], torch.arange(4 << 20, dtype=torch.float32))  # read again
+    own = torch.arange(4 << 20, dtype=torch.float32)  # memory the loads did not map
+    mapped.release(own)
+    assert torch.equal(own, torch.arange(4 << 20, dtype=torch.float32))  # left alone
