@@ -126,6 +126,16 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
 
 
+@contextmanager
+def _timed(entry: dict[str, Any], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``entry[key]`` (a part of a check's time)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        entry[key] = round(entry.get(key, 0.0) + time.perf_counter() - start, 3)
+
+
 class _Checks:
     """Runs named checks, timing each and recording the outcome for the manifest."""
 
@@ -149,8 +159,10 @@ class _Checks:
             raise ExportError(f"validation '{name}' failed: {entry['error']}") from exc
         finally:
             entry["seconds"] = round(time.perf_counter() - start, 3)
-            logger.info("check %-22s %s (%.2fs)", name, "ok" if entry["ok"] else "FAILED",
-                        entry["seconds"])
+            compared = (f", comparing {entry['compare_seconds']:.2f}s"
+                        if "compare_seconds" in entry else "")
+            logger.info("check %-22s %s (%.2fs%s)", name, "ok" if entry["ok"] else "FAILED",
+                        entry["seconds"], compared)
 
 
 def _refused_resolver(exc: Exception) -> str | None:
@@ -250,11 +262,13 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
                                                                 device=settings.device),
                                      compression.pretrained)
             entry["model_class"] = cls.__name__
-            if compression.state is not None:
-                compare_states(compression.state, model.compression_model.state_dict(),
-                               f"{cls.__name__}.get_pretrained's compression model", cast=True)
-            compare_states(lm_state, model.lm.state_dict(), f"{cls.__name__}.get_pretrained's "
-                           "LM", cast=True)
+            with _timed(entry, "compare_seconds"):
+                if compression.state is not None:
+                    compare_states(compression.state, model.compression_model.state_dict(),
+                                   f"{cls.__name__}.get_pretrained's compression model",
+                                   cast=True)
+                compare_states(lm_state, model.lm.state_dict(),
+                               f"{cls.__name__}.get_pretrained's LM", cast=True)
             entry["proves"] = ["load_compression_model", "load_lm_model_magnet"
                                if family.magnet else "load_lm_model"]
     with checks.check("generate") as entry:
@@ -270,26 +284,28 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
     if compression is None:
         report.skipped.append("compression and get_pretrained: compression=none")
     else:
-        with checks.check("load_compression_model"):
+        with checks.check("load_compression_model") as entry:
             model = _load_pretrained(
                 lambda: loaders.load_compression_model(load_dir, device=device),
                 compression.pretrained)
             if compression.state is not None:
-                compare_states(compression.state, model.state_dict(),
-                               "load_compression_model", cast=True)
+                with _timed(entry, "compare_seconds"):
+                    compare_states(compression.state, model.state_dict(),
+                                   "load_compression_model", cast=True)
             frame_rate = int(model.frame_rate)
             del model
     if family.magnet and frame_rate is None:
         report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
                               "rate")
         return
-    with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model"):
+    with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model") as entry:
         if family.magnet and frame_rate is not None:
             lm = loaders.load_lm_model_magnet(
                 load_dir, compression_model_frame_rate=frame_rate, device=device)
         else:
             lm = loaders.load_lm_model(load_dir, device=device)
-        compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
+        with _timed(entry, "compare_seconds"):
+            compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
         del lm
 
 
@@ -310,7 +326,9 @@ def validate_compression_release(release_dir: Path, state: StateDict,
 
     with checks.check("get_pretrained") as entry, lean_loading():
         model = CompressionModel.get_pretrained(str(path), device=settings.device)
-        compare_states(state, model.state_dict(), "CompressionModel.get_pretrained", cast=True)
+        with _timed(entry, "compare_seconds"):
+            compare_states(state, model.state_dict(), "CompressionModel.get_pretrained",
+                           cast=True)
         entry["model_class"] = type(model).__name__
     if settings.level is ValidateLevel.full:
         with checks.check("encode_decode") as entry:
