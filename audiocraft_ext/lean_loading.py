@@ -20,8 +20,6 @@ initialised and loaded as usual.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 import sys
@@ -32,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .kernel import drop_pages
+
 # What modules call from torch.nn.init to initialise their weights (the in-place functions and
 # their deprecated aliases), as transformers' no_init_weights lists them.
 _INIT_FUNCTIONS = (
@@ -40,11 +40,6 @@ _INIT_FUNCTIONS = (
     "sparse_", "uniform", "normal", "constant", "xavier_uniform", "xavier_normal",
     "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse")
 
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_MADV_DONTNEED = 4  # Linux
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" \
-    else None
 
 # The builders audiocraft's loaders call right before loading every weight into the model.
 _LOADED_BUILDERS = ("get_lm_model", "get_compression_model")
@@ -82,12 +77,8 @@ class _MappedStorages:
         if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
             return
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._addresses:
-            return
-        start = -(-storage.data_ptr() // _PAGE) * _PAGE  # pages shared with a neighbour stay
-        end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
-        if end > start and _LIBC is not None:
-            _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+        if storage.data_ptr() in self._addresses:
+            drop_pages(storage.data_ptr(), storage.nbytes())
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -24,7 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kernel import start_writeback
+
 ALIGNMENT = 64  # torch.save's storage alignment
+WRITEBACK_EVERY = 64 << 20  # bytes written between two starts of their writeback
 _U32 = 0xFFFFFFFF
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
@@ -62,6 +65,7 @@ class TorchZipWriter:
         self._prefix = archive + "/"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._offset = 0
+        self._written_back = 0
         self._sha = hashlib.sha256()
         self._crc = 0
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-hash")
@@ -148,6 +152,9 @@ class TorchZipWriter:
         while view:
             view = view[os.write(self._fd, view):]
         self._offset += len(data)
+        if self._offset - self._written_back >= WRITEBACK_EVERY:
+            start_writeback(self._fd, self._written_back, self._offset - self._written_back)
+            self._written_back = self._offset
         while len(self._pending) > self.IN_FLIGHT:
             self._pending.popleft().result()
 
