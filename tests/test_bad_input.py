@@ -25,7 +25,6 @@ from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input
 from app_cases import rejected as _rejected
 from helpers import (
-    FULL_CHECKS,
     app_command,
     app_env,
     assert_same_state,
@@ -234,7 +233,8 @@ def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
     assert pkg["pretrained"] == "facebook/encodec_32khz"
     manifest = json.loads((rel / "export.json").read_text())
     assert manifest["validation"]["compression_stand_in"].endswith("compression_state_dict.bin")
-    assert_validated(manifest, FULL_CHECKS)
+    # the release's compression file is a pointer: no tensors of its own to check
+    assert_validated(manifest, ["lm_file", "get_pretrained", "generate"])
 
 
 # --- the destination ------------------------------------------------------------------------
