@@ -102,8 +102,11 @@ def _release_as_loaded(model: torch.nn.Module, mapped: _MappedStorages) -> None:
         for tensor in copied:
             mapped.release(tensor)
         copied.clear()
-        for name in [*module_of[prefix]._parameters, *module_of[prefix]._buffers]:
-            copied.append(state_dict.get(prefix + name))
+        # Giving a page back early costs a read of the file, never a value: any prefix is safe.
+        module = module_of.get(prefix)
+        if module is not None:
+            copied.extend(state_dict.get(prefix + name)
+                          for name in [*module._parameters, *module._buffers])
 
     module_of: dict[str, torch.nn.Module] = {}
     for name, module in model.named_modules():
