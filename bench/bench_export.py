@@ -464,8 +464,9 @@ def tensors_identical(a: Path, b: Path) -> bool:
     """Whether two release files hold the same config and bit-identical tensors."""
     import torch
 
-    x = torch.load(a, map_location="cpu", mmap=True, weights_only=True)
-    y = torch.load(b, map_location="cpu", mmap=True, weights_only=True)
+    # torch 2.1 maps str paths only
+    x = torch.load(str(a), map_location="cpu", mmap=True, weights_only=True)
+    y = torch.load(str(b), map_location="cpu", mmap=True, weights_only=True)
     xs, ys = x["best_state"], y["best_state"]
     return (x["xp.cfg"] == y["xp.cfg"] and xs.keys() == ys.keys()
             and all(xs[k].dtype == ys[k].dtype and torch.equal(xs[k], ys[k]) for k in xs))
