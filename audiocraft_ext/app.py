@@ -14,9 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from .config import ExportConfig, Mode
+from .config import ExportConfig, Mode, RecordPaths
 from .errors import ExportError, first_line
 from .exporter import ExportResult, export_release
+from .recorded_paths import PathRecorder
 from .release import CONFIG_FILE
 from .sources import resolve_input
 from .sweep_summary import JOB_RECORD
@@ -66,10 +67,11 @@ def _result_facts(result: ExportResult) -> dict[str, Any]:
             "validation": m.validation.passed if m.validation else "none"}
 
 
-def rerunnable_config(cfg: DictConfig) -> DictConfig:
-    """The composed config as a primary config: the chosen options plus every value."""
+def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
+    """The composed config as a primary config: the chosen options plus every value, its paths
+    recorded as ``recorder`` says."""
     choices = HydraConfig.get().runtime.choices
-    values = _plain_config(cfg)
+    values = recorder.values(_plain_config(cfg))
     defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), "_self_"]
     return OmegaConf.create({"defaults": defaults, **values})
 
@@ -90,11 +92,14 @@ def run(cfg: DictConfig) -> ExportResult | None:
         return None
     out_dir = (Path(spec.output.dir) if spec.output.dir
                else Path(HydraConfig.get().runtime.output_dir) / source.name)
+    recorder = PathRecorder(source.dora_dir,
+                            absolute=spec.output.record_paths is RecordPaths.absolute)
     result = export_release(
         source, out_dir, state=spec.state, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
-        trust=spec.input.trust, config=_plain_config(cfg),
-        extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg))})
+        trust=spec.input.trust, samples=spec.output.samples, license=spec.output.license,
+        record_paths=spec.output.record_paths, config=_plain_config(cfg),
+        extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
     _log_summary(result)
     return result
 

@@ -31,6 +31,13 @@ class OutputDtype(str, Enum):
     float32 = "float32"
 
 
+class RecordPaths(str, Enum):
+    """How a release records the paths it was made from (export.json, model card, configs)."""
+
+    relative = "relative"  # relative to the Dora dir, else the file name: nothing private
+    absolute = "absolute"  # as given, and xp.cfg exactly as the checkpoint holds it
+
+
 class ValidateLevel(str, Enum):
     """How much of the release is proven before it is published."""
 
@@ -110,6 +117,12 @@ class OutputConfig:
     dir: str | None = None  # release folder; default: <hydra run dir>/<XP or checkpoint name>
     overwrite: bool = False  # replace an existing release (only once the new one validated)
     dtype: OutputDtype = OutputDtype.keep  # cast the LM's floating-point tensors
+    # samples/ (the clips validate=full generates, with spectrograms) and training_curves.png
+    samples: bool = True
+    # the model card's license (a Hugging Face Hub identifier, e.g. cc-by-nc-4.0); unset, the
+    # card says so
+    license: str | None = None
+    record_paths: RecordPaths = RecordPaths.relative
 
 
 @dataclass

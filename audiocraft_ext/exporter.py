@@ -20,6 +20,7 @@ from .config import (
     CheckpointCompression,
     CompressionConfig,
     OutputDtype,
+    RecordPaths,
     StateChoice,
     StateConfig,
     ValidateConfig,
@@ -38,12 +39,17 @@ from .manifest import (
     versions,
 )
 from .measure import phase
+from .model_card import render_model_card
+from .model_facts import ModelRecord, cfg_of_yaml, compression_facts, lm_facts
 from .progress import byte_progress
 from .publish import staged_release
+from .recorded_paths import PathRecorder
 from .release import (
     COMPRESSION_FILE,
+    CURVES_FILE,
     LM_FILE,
     MANIFEST_FILE,
+    MODEL_CARD_FILE,
     RELEASE_FILES,
     release_package,
     save_package,
@@ -51,10 +57,13 @@ from .release import (
     write_text,
 )
 from .repairs import loadable_config
+from .samples import Clip, write_samples
 from .sources import CheckpointSource, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .torch_zip import WrittenZip
+from .training_history import curves, summarize_history
 from .validation import (
+    FAMILIES,
     import_audiocraft_meanwhile,
     validate_compression_release,
     validate_release,
@@ -78,6 +87,7 @@ class _Selected:
     key: str  # checkpoint key of the state, or "average"
     state: StateDict
     xp_sig: str | None
+    history: Any  # the checkpoint's per-epoch metrics, as unpickled (checked when read)
     members: list[dict[str, Any]] | None = None  # state=average: the files averaged
 
 
@@ -91,6 +101,9 @@ def export_release(
     dtype: OutputDtype | str = OutputDtype.keep,
     overwrite: bool = False,
     trust: bool = False,
+    samples: bool = True,
+    license: str | None = None,
+    record_paths: RecordPaths | str = RecordPaths.relative,
     config: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str] | None = None,
 ) -> ExportResult:
@@ -113,6 +126,10 @@ def export_release(
         dtype: cast the released floating-point tensors (``keep``: as stored).
         overwrite: replace an existing release (only after the new one validated).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
+        samples: keep the clips validation made (``samples/``) and draw the training curves.
+        license: the model card's license (a Hugging Face Hub license identifier).
+        record_paths: ``relative`` records paths relative to the Dora dir (nothing private);
+            ``absolute`` as given, with ``xp.cfg`` exactly as the checkpoint holds it.
         config: the composed configuration, recorded in the manifest.
         extra_files: text files to publish with the release (name -> content).
     Raises:
@@ -132,6 +149,8 @@ def export_release(
     dtype = _enum(OutputDtype, dtype)
     source = (checkpoint if isinstance(checkpoint, CheckpointSource)
               else resolve_checkpoint(checkpoint))
+    recorder = PathRecorder(source.dora_dir,
+                            absolute=_enum(RecordPaths, record_paths) is RecordPaths.absolute)
     out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # ".." resolved, links kept
     export_phase: dict[str, Any] = {}
     validation_phase: dict[str, Any] = {}
@@ -159,21 +178,29 @@ def export_release(
                 shipped = resolve_compression(compression, cfg, source, trust=trust)
                 packages = {LM_FILE: release_package(weights, cfg)}
                 if shipped is not None:
-                    packages[COMPRESSION_FILE] = shipped.package
+                    packages[COMPRESSION_FILE] = dict(shipped.package)
+            recorded = _record_paths(packages, recorder)
             written = _write(staging, packages)
         manifest = Manifest(
-            release=str(out_dir),
-            source=SourceRecord(**vars(FileFacts.of(source.path)), name=source.name,
+            release=recorder.path(out_dir),
+            source=SourceRecord(**_recorded_facts(source.path, recorder), name=source.name,
                                 solver=solver, xp_sig=sel.xp_sig),
             state=StateRecord(**vars(StateFacts.of(weights)), selected=spec.select.value,
-                              key=sel.key, dtype=dtype.value, members=sel.members),
-            compression=_compression_record(shipped), repairs=repairs,
+                              key=sel.key, dtype=dtype.value,
+                              members=recorder.values(sel.members)),
+            compression=_compression_record(shipped, recorder), repairs=repairs,
             files={name: ReleaseFile(w.size, w.sha256) for name, w in written.items()},
-            versions=versions(), config=dict(config) if config is not None else None)
+            versions=versions(),
+            config=recorder.values(dict(config)) if config is not None else None,
+            model=_model_facts(cfg, solver, packages.get(COMPRESSION_FILE)),
+            training=summarize_history(sel.history, solver), license=license,
+            record_paths="absolute" if recorder.absolute else "relative",
+            paths_recorded=recorded)
+        clips: list[Clip] = []
         with phase(validation_phase), no_resolvers():
             if compression_only:
                 manifest.validation = validate_compression_release(staging, weights, validate,
-                                                                   written)
+                                                                   written, clips)
             else:
                 stand_in = None
                 if validate.compression_model and shipped is not None and shipped.pretrained:
@@ -181,10 +208,17 @@ def export_release(
                         CheckpointCompression(path=validate.compression_model), cfg, source,
                         trust=trust)
                 manifest.validation = validate_release(staging, cfg, weights, shipped,
-                                                       validate, written, stand_in)
+                                                       validate, written, stand_in, clips)
+            if manifest.validation.compression_stand_in is not None:
+                manifest.validation.compression_stand_in = recorder.path(
+                    manifest.validation.compression_stand_in)
+        manifest.model = _with_validated_frame_rate(manifest)
+        if samples:
+            _draw(manifest, clips, sel.history, staging)
         manifest.timings = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
+        write_text(render_model_card(manifest), staging / MODEL_CARD_FILE)
         write_json(manifest.to_json(), staging / MANIFEST_FILE)
     logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB); "
                 "process peak RSS %.0f MiB", export_phase["seconds"],
@@ -210,10 +244,11 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     if spec.select is StateChoice.average:
         members = average_members(source.path.parent, spec.last_k, spec.epochs)
         state, facts = average_state(members, spec.average_of, trust=trust)
-        selected = _Selected(cfg, "average", state, xp_signature(pkg), facts)
+        selected = _Selected(cfg, "average", state, xp_signature(pkg), pkg.get("history"),
+                             facts)
     else:
         key, state = select_state(pkg, spec.select, source=str(source.path))
-        selected = _Selected(cfg, key, state, xp_signature(pkg))
+        selected = _Selected(cfg, key, state, xp_signature(pkg), pkg.get("history"))
     logger.info("exporting %s of %s (solver %s): %d tensors", selected.key, source.path,
                 shown(raw_value(cfg, "solver")), len(selected.state))
     return selected
@@ -233,11 +268,65 @@ def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str
     return files
 
 
-def _compression_record(shipped: CompressionRelease | None) -> CompressionRecord | None:
+def _record_paths(packages: Mapping[str, dict[str, Any]], recorder: PathRecorder) -> list[str]:
+    """Record the paths of each package's xp.cfg as ``recorder`` says; the keys changed."""
+    recorded = []
+    for name, package in packages.items():
+        if isinstance(package.get("xp.cfg"), str):
+            package["xp.cfg"], changed = recorder.yaml_config(package["xp.cfg"])
+            recorded += [f"{name}: {key}" for key in changed]
+    if recorded:
+        logger.info("recorded %d path(s) of xp.cfg relative to the Dora dir "
+                    "(output.record_paths=absolute keeps them)", len(recorded))
+    return recorded
+
+
+def _recorded_facts(path: Path, recorder: PathRecorder) -> dict[str, Any]:
+    return {**vars(FileFacts.of(path)), "path": recorder.path(path)}
+
+
+def _model_facts(cfg: DictConfig, solver: Any,
+                 compression_package: Mapping[str, Any] | None) -> ModelRecord:
+    if solver == COMPRESSION_SOLVER:
+        return compression_facts(cfg)
+    family = FAMILIES.get(solver) if isinstance(solver, str) else None
+    return lm_facts(cfg, family.model_class if family else None,
+                    cfg_of_yaml((compression_package or {}).get("xp.cfg")))
+
+
+def _with_validated_frame_rate(manifest: Manifest) -> ModelRecord | None:
+    """The model facts, with the frame rate a loaded compression model reported (a
+    //pretrained/ one has no config in the release to read it from)."""
+    if manifest.model is None or manifest.validation is None:
+        return manifest.model
+    rates = [c["frame_rate"] for c in manifest.validation.checks if "frame_rate" in c]
+    return manifest.model.with_frame_rate(rates[0] if rates else None)
+
+
+def _draw(manifest: Manifest, clips: list[Clip], history: Any, staging: Path) -> None:
+    """Keep the clips validation made and draw the training curves, into the release."""
+    if clips:
+        logger.info("keeping %d clip(s) with their spectrograms in samples/", len(clips))
+        manifest.samples = write_samples(clips, staging)
+    drawn = curves(history)
+    if drawn:
+        from .figures import training_curves_png
+
+        logger.info("drawing the training curves (%s)", ", ".join(drawn))
+        training = manifest.training
+        training_curves_png(drawn, training.best_epoch if training else None,
+                            f"{manifest.source.name} ({manifest.source.solver})",
+                            staging / CURVES_FILE)
+        manifest.curves = CURVES_FILE
+
+
+def _compression_record(shipped: CompressionRelease | None,
+                        recorder: PathRecorder) -> CompressionRecord | None:
     if shipped is None:
         return None
     return CompressionRecord(
-        reference=shipped.reference, pretrained=shipped.pretrained,
-        source=None if shipped.source is None else FileFacts.of(shipped.source),
+        reference=recorder.path(shipped.reference), pretrained=shipped.pretrained,
+        source=None if shipped.source is None else FileFacts(
+            **_recorded_facts(shipped.source, recorder)),
         key=shipped.state_key,
         state=None if shipped.state is None else StateFacts.of(shipped.state))

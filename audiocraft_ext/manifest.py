@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from .lazy_tensors import TensorLike
+from .model_facts import ModelRecord
 from .release import COMPRESSION_FILE, LM_FILE, audiocraft_version
+from .training_history import TrainingSummary
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,13 @@ class Manifest:
     config: dict[str, Any] | None
     validation: ValidationReport | None = None
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: ModelRecord | None = None
+    training: TrainingSummary | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)  # samples/ clips kept
+    curves: str | None = None  # the training curves picture, when drawn
+    license: str | None = None
+    record_paths: str = "relative"  # output.record_paths
+    paths_recorded: list[str] = field(default_factory=list)  # xp.cfg keys made relative
 
     def main_file(self) -> tuple[str, ReleaseFile]:
         """The LM file, or for an EnCodec-only release its compression model file."""

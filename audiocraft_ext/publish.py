@@ -22,22 +22,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ExportError
-from .release import MANIFEST_FILE, RELEASE_FILES
+from .release import MANIFEST_FILE, RELEASE_FILES, SAMPLE_FILES, SAMPLES_DIR, fsync_dir
 
 logger = logging.getLogger(__name__)
+
+
+def _foreign_entry(folder: Path) -> str | None:
+    """The first entry of ``folder`` that a release does not hold (a release file, or the
+    samples folder holding sample files only), or None. Links are never release entries."""
+    for entry in os.scandir(folder):
+        if entry.name == SAMPLES_DIR and entry.is_dir(follow_symlinks=False):
+            for sample in os.scandir(entry.path):
+                if sample.name not in SAMPLE_FILES or not sample.is_file(follow_symlinks=False):
+                    return f"{SAMPLES_DIR}/{sample.name}"
+        elif entry.name not in RELEASE_FILES or not entry.is_file(follow_symlinks=False):
+            return entry.name
+    return None
 
 
 def release_problem(folder: Path) -> str | None:
     """Why ``folder`` is not recognisably a release this tool wrote, or None when it is."""
     try:
-        entries = list(os.scandir(folder))
+        if not any(os.scandir(folder)):
+            return "it is empty"
+        foreign = _foreign_entry(folder)
     except OSError as exc:
         return f"it cannot be listed: {exc.strerror or exc}"
-    if not entries:
-        return "it is empty"
-    for entry in entries:
-        if entry.name not in RELEASE_FILES or not entry.is_file(follow_symlinks=False):
-            return f"it holds {entry.name!r}, which is not a release file"
+    if foreign is not None:
+        return f"it holds {foreign!r}, which is not a release file"
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
@@ -45,14 +57,6 @@ def release_problem(folder: Path) -> str | None:
     if not isinstance(manifest, dict) or "files" not in manifest:
         return f"its {MANIFEST_FILE} is not a release manifest"
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -155,7 +159,7 @@ def staged_release(dest: str | Path, overwrite: bool = False,
             raise ExportError(f"cannot create {staging}: {exc.strerror or exc}") from exc
         try:
             yield staging
-            _fsync_dir(staging)
+            fsync_dir(staging)
             if os.path.lexists(dest):
                 replaced = _aside(dest, "replaced")
                 dest.rename(replaced)
@@ -163,7 +167,7 @@ def staged_release(dest: str | Path, overwrite: bool = False,
                 _remove_release(replaced)
             else:
                 staging.rename(dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         finally:
             if os.path.lexists(staging):
                 _remove_release(staging)
@@ -190,17 +194,25 @@ def _leftovers(dest: Path, kind: str) -> Iterator[Path]:
 def _is_release_content(folder: Path) -> bool:
     """A staging or set-aside folder holds release files only (a staging folder may lack
     the manifest)."""
-    return all(e.name in RELEASE_FILES and e.is_file(follow_symlinks=False)
-               for e in os.scandir(folder))
+    return _foreign_entry(folder) is None
 
 
 def _remove_release(folder: Path) -> None:
-    """Remove a folder of ours: its release files, then the folder; anything else stays."""
+    """Remove a folder of ours: its release files and samples, then the folders; anything
+    else stays."""
     if folder.is_symlink() or not folder.is_dir():
         return
     for entry in os.scandir(folder):
         if entry.name in RELEASE_FILES and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
+        elif entry.name == SAMPLES_DIR and entry.is_dir(follow_symlinks=False):
+            for sample in os.scandir(entry.path):
+                if sample.name in SAMPLE_FILES and sample.is_file(follow_symlinks=False):
+                    os.unlink(sample.path)
+            try:
+                os.rmdir(entry.path)
+            except OSError:
+                pass  # reported below: the release folder cannot be removed either
     try:
         folder.rmdir()
     except OSError:

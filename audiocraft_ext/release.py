@@ -2,8 +2,9 @@
 
 A release folder holds ``state_dict.bin`` and ``compression_state_dict.bin`` exactly as
 ``audiocraft.utils.export`` writes them, so ``MusicGen.get_pretrained(folder)`` loads it, plus
-our ``export.json`` manifest and the ``export_config.yaml`` to re-run the export.
-(:mod:`.publish` puts the folder in place.)
+our ``export.json`` manifest, the ``export_config.yaml`` to re-run the export, the model card
+``README.md`` and, unless turned off, ``training_curves.png`` and ``samples/`` (the clips
+validation generated, each with its spectrogram). (:mod:`.publish` puts the folder in place.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
 MANIFEST_FILE = "export.json"
 CONFIG_FILE = "export_config.yaml"  # the composed config: re-run with --config-dir/--config-name
-RELEASE_FILES = frozenset({LM_FILE, COMPRESSION_FILE, MANIFEST_FILE, CONFIG_FILE})
+MODEL_CARD_FILE = "README.md"  # the Hugging Face Hub renders it as the model card
+CURVES_FILE = "training_curves.png"
+RELEASE_FILES = frozenset({LM_FILE, COMPRESSION_FILE, MANIFEST_FILE, CONFIG_FILE,
+                           MODEL_CARD_FILE, CURVES_FILE})
+SAMPLES_DIR = "samples"
+# The clips a release may keep: generated (LMs) or encoded and decoded (EnCodec).
+CLIP_NAMES = ("unconditional", "text", "input", "reconstruction")
+SAMPLE_FILES = frozenset(f"{name}.{ext}" for name in CLIP_NAMES for ext in ("wav", "png"))
 
 
 def audiocraft_version() -> str:
@@ -57,11 +65,25 @@ def write_json(data: Mapping[str, Any], path: Path) -> None:
     write_text(json.dumps(data, indent=2, default=str) + "\n", path)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (the files' own fsync does not cover their names)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text(text: str, path: Path) -> None:
+    """Write a small text file (UTF-8), fsync'ed like the rest of the release."""
+    write_bytes(text.encode(), path)
+
+
+def write_bytes(data: bytes, path: Path) -> None:
     """Write a small file, fsync'ed like the rest of the release."""
     try:
-        with open(path, "w") as f:
-            f.write(text)
+        with open(path, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -35,6 +36,7 @@ from .lean_loading import lean_loading
 from .manifest import ValidationReport
 from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
+from .samples import Clip
 from .states import StateDict
 from .torch_zip import WrittenZip
 from .xp_config import needed_value
@@ -199,12 +201,14 @@ def _state_dict_mismatch(message: str) -> str | None:
 def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
                      compression: CompressionRelease | None, settings: ValidateConfig,
                      written: Mapping[str, WrittenZip],
-                     stand_in: CompressionRelease | None = None) -> ValidationReport:
+                     stand_in: CompressionRelease | None = None,
+                     clips: list[Clip] | None = None) -> ValidationReport:
     """Check a (staged) release folder per ``settings.level``; raise ExportError on failure.
 
     ``written`` is what the writer wrote (sizes, record CRCs). ``stand_in`` is a local
     compression model to validate with when the release points at a //pretrained/ one
-    (``validate.compression_model``). Returns the manifest's report.
+    (``validate.compression_model``). The clips generated are appended to ``clips``.
+    Returns the manifest's report.
     """
     report = ValidationReport(settings.level.value)
     if settings.level is ValidateLevel.none:
@@ -221,14 +225,15 @@ def validate_release(release_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
             report.compression_stand_in = stand_in.reference
             compression = stand_in
         _run_checks(release_dir, load_dir, lm_cfg, lm_state, compression, settings,
-                    {name: (state, written[name]) for name, state in files.items()}, report)
+                    {name: (state, written[name]) for name, state in files.items()}, report,
+                    clips if clips is not None else [])
     return report
 
 
 def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state: StateDict,
                 compression: CompressionRelease | None, settings: ValidateConfig,
                 files: Mapping[str, tuple[StateDict, WrittenZip]],
-                report: ValidationReport) -> None:
+                report: ValidationReport, clips: list[Clip]) -> None:
     """``load``: the file, then audiocraft's load_compression_model and load_lm_model (each
     compared exactly with its source state). ``full``: the file, then X.get_pretrained, which
     runs those same two loaders: its LM and compression model are compared instead, so each
@@ -272,7 +277,7 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
             entry["proves"] = ["load_compression_model", "load_lm_model_magnet"
                                if family.magnet else "load_lm_model"]
     with checks.check("generate") as entry:
-        entry.update(_generate(model, settings))
+        entry.update(_generate(model, settings, clips))
 
 
 def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
@@ -293,6 +298,7 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
                     compare_states(compression.state, model.state_dict(),
                                    "load_compression_model", cast=True)
             frame_rate = int(model.frame_rate)
+            entry.update(sample_rate=model.sample_rate, frame_rate=float(model.frame_rate))
             del model
     if family.magnet and frame_rate is None:
         report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
@@ -311,9 +317,11 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
 
 def validate_compression_release(release_dir: Path, state: StateDict,
                                  settings: ValidateConfig,
-                                 written: Mapping[str, WrittenZip]) -> ValidationReport:
+                                 written: Mapping[str, WrittenZip],
+                                 clips: list[Clip] | None = None) -> ValidationReport:
     """Check an EnCodec-only release: the file, CompressionModel.get_pretrained(file) with an
-    exact comparison, and (``full``) an encode/decode round trip."""
+    exact comparison, and (``full``) an encode/decode round trip, whose input and output are
+    appended to ``clips``."""
     report = ValidationReport(settings.level.value)
     if settings.level is ValidateLevel.none:
         return report
@@ -332,7 +340,7 @@ def validate_compression_release(release_dir: Path, state: StateDict,
         entry["model_class"] = type(model).__name__
     if settings.level is ValidateLevel.full:
         with checks.check("encode_decode") as entry:
-            entry.update(_round_trip(model, settings))
+            entry.update(_round_trip(model, settings, clips if clips is not None else []))
     return report
 
 
@@ -380,10 +388,22 @@ def _record_problem(want: TensorLike, got: Any, written: WrittenZip) -> str | No
     return None
 
 
-def _round_trip(model: Any, settings: ValidateConfig) -> dict[str, Any]:
-    torch.manual_seed(settings.seed)
-    samples = int(settings.duration * model.sample_rate)
-    wav = torch.randn(1, model.channels, samples) * 0.1
+def probe_signal(seconds: float, sample_rate: int, channels: int, seed: int) -> torch.Tensor:
+    """A signal worth listening to after a round trip: a rising tone over a soft chord with a
+    little noise, [1, channels, samples]."""
+    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
+    sweep = 220.0 * 4 ** (t / max(seconds, 1e-3))  # two octaves up over the clip
+    phase = 2 * math.pi * torch.cumsum(sweep, 0) / sample_rate
+    chord = sum(torch.sin(2 * math.pi * f * t) for f in (261.63, 329.63, 392.0))
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+    wav = 0.3 * torch.sin(phase) + 0.1 * chord + 0.01 * noise
+    return wav.float().expand(1, channels, -1).clone()
+
+
+def _round_trip(model: Any, settings: ValidateConfig, clips: list[Clip]) -> dict[str, Any]:
+    wav = probe_signal(settings.duration, model.sample_rate, model.channels, settings.seed)
+    samples = wav.shape[-1]
     with torch.no_grad():
         codes, scale = model.encode(wav)
         frames = codes.shape[-1]
@@ -398,8 +418,11 @@ def _round_trip(model: Any, settings: ValidateConfig) -> dict[str, Any]:
         raise ExportError(f"decode returned shape {tuple(decoded.shape)} for {samples} samples")
     if not torch.isfinite(decoded).all():
         raise ExportError("decode produced non-finite samples")
-    return {"sample_rate": model.sample_rate, "codes": list(codes.shape),
-            "decoded": list(decoded.shape)}
+    clips += [Clip("input", wav[0], model.sample_rate, "test signal: a rising tone over a chord"),
+              Clip("reconstruction", decoded[0], model.sample_rate,
+                   f"the test signal encoded to {model.num_codebooks} codebooks and decoded")]
+    return {"sample_rate": model.sample_rate, "frame_rate": float(model.frame_rate),
+            "codes": list(codes.shape), "decoded": list(decoded.shape)}
 
 
 def _check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
@@ -457,7 +480,7 @@ def _from_the_network(exc: BaseException) -> bool:
     return False
 
 
-def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:
+def _generate(model: Any, settings: ValidateConfig, clips: list[Clip]) -> dict[str, Any]:
     if type(model).__name__ == "MAGNeT":  # generates its training segment_duration, always
         model.set_generation_params()
     else:
@@ -478,4 +501,7 @@ def _generate(model: Any, settings: ValidateConfig) -> dict[str, Any]:
         if not torch.isfinite(wav).all():
             raise ExportError(f"{name} generation produced non-finite samples")
         shapes[name] = list(wav.shape)
-    return {"sample_rate": model.sample_rate, "duration": model.duration, "shapes": shapes}
+        clips.append(Clip(name, wav[0], model.sample_rate,
+                          settings.description if name == "text" else None))
+    return {"sample_rate": model.sample_rate, "frame_rate": float(model.frame_rate),
+            "duration": model.duration, "shapes": shapes}

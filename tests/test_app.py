@@ -32,10 +32,13 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
                      f"output.dir={tmp_path}/rel", "validate=load")
     result = run(cfg)
     assert result.release_dir == tmp_path / "rel"
-    assert result.manifest.config["input"] == {"path": str(musicgen_ckpt), "trust": False}
+    # recorded relative to the Dora dir (output.record_paths=relative, the default)
+    assert result.manifest.config["input"] == {
+        "path": f"xps/{musicgen_ckpt.parent.name}/checkpoint.th", "trust": False}
     assert result.manifest.validation.level == "load"
     saved = OmegaConf.load(tmp_path / "rel" / "export_config.yaml")
-    assert saved.defaults[1] == {"input": "checkpoint"} and saved.input.path == str(musicgen_ckpt)
+    assert saved.defaults[1] == {"input": "checkpoint"}
+    assert saved.input.path == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
 
 
 @pytest.mark.slow

@@ -55,7 +55,8 @@ def test_compression_model_is_the_encodec_xp_best_state(release, encodec_ckpt):
 
 def test_manifest(release, musicgen_ckpt):
     manifest = json.loads((release.release_dir / "export.json").read_text())
-    assert manifest["source"]["path"] == str(musicgen_ckpt)
+    # relative to the Dora dir by default (output.record_paths=relative)
+    assert manifest["source"]["path"] == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
     assert manifest["source"]["bytes"] == musicgen_ckpt.stat().st_size
     assert manifest["state"]["key"] == "best_state"
     assert manifest["state"]["dtypes"] == {"float16": manifest["state"]["tensors"]}
@@ -69,7 +70,9 @@ def test_manifest(release, musicgen_ckpt):
     assert manifest["versions"]["audiocraft"] == audiocraft.__version__
     # the file's layout, which readers of export.json rely on
     assert list(manifest) == ["release", "source", "state", "compression", "repairs", "files",
-                              "versions", "config", "validation", "timings"]
+                              "versions", "config", "validation", "timings", "model",
+                              "training", "samples", "curves", "license", "record_paths",
+                              "paths_recorded"]
     assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig"}
     assert set(manifest["state"]) == {"selected", "key", "dtype", "tensors", "parameters",
                                       "dtypes", "bytes"}  # "members" only for state=average
@@ -152,7 +155,8 @@ def test_pretrained_pointer_and_offline_validation(musicgen_ckpt, tmp_path, netw
 
 def test_no_compression_model_skips_get_pretrained_and_says_so(musicgen_ckpt, tmp_path):
     result = export_release(musicgen_ckpt, tmp_path / "rel", compression=NoCompression())
-    assert sorted(p.name for p in result.release_dir.iterdir()) == ["export.json", "state_dict.bin"]
+    assert sorted(p.name for p in result.release_dir.iterdir()) == [
+        "README.md", "export.json", "state_dict.bin", "training_curves.png"]
     assert_validated(result.manifest, ["lm_file", "load_lm_model"])
     assert result.manifest.validation.skipped == [
         "compression and get_pretrained: compression=none"]

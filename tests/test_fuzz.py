@@ -90,6 +90,8 @@ def test_damaged_checkpoint_never_leaves_a_partial_release(pristine, workdir, da
     else:
         event("exported")
         assert_validated(result.manifest, ["lm_file", "load_lm_model"])
-        assert sorted(p.name for p in dest.iterdir()) == ["export.json", "state_dict.bin"]
+        written = {p.name for p in dest.iterdir()}
+        # the training curves exist when the (damaged) history still holds numbers
+        assert written - {"training_curves.png"} == {"README.md", "export.json", "state_dict.bin"}
     leftovers = sorted(p.name for p in dest.parent.iterdir()) if dest.parent.exists() else []
     assert leftovers in ([], ["release"])

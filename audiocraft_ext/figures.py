@@ -1,0 +1,76 @@
+"""The pictures of a release: a clip's spectrogram and the training curves (matplotlib)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .release import write_bytes
+
+# PNG metadata left out so that the same data draws the same bytes
+_NO_METADATA = {"Software": None}
+N_FFT = 1024
+FLOOR_DB = -80.0
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, whatever the environment says
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata=_NO_METADATA)
+    _pyplot().close(fig)
+    write_bytes(buffer.getvalue(), path)
+
+
+def spectrogram_png(wav: torch.Tensor, sample_rate: int, title: str, path: Path) -> None:
+    """Draw the log-magnitude spectrogram (dB, channels mixed) of ``wav`` [channels, samples]."""
+    mono = wav.float().mean(dim=0)
+    n_fft = min(N_FFT, max(16, 2 ** int(math.log2(max(mono.numel(), 16)))))
+    spec = torch.stft(mono, n_fft=n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft),
+                      return_complex=True).abs()
+    db = 20 * torch.log10(spec.clamp_min(1e-12))
+    db = (db - db.max()).clamp_min(FLOOR_DB)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    seconds = mono.numel() / sample_rate
+    image = ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma",
+                      extent=(0.0, seconds, 0.0, sample_rate / 2000))
+    ax.set(xlabel="time (s)", ylabel="frequency (kHz)", title=title)
+    fig.colorbar(image, ax=ax, label="dB")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def training_curves_png(curves: dict[str, dict[str, list[float]]], best_epoch: int | None,
+                        title: str, path: Path) -> None:
+    """Draw each metric per epoch (train and valid), one panel per metric."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    epochs = max(len(values) for stages in curves.values() for values in stages.values())
+    for ax, (metric, stages) in zip(axes[0], curves.items(), strict=True):
+        for stage, values in stages.items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=stage)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax.set(xlabel="epoch", title=metric)
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
