@@ -91,14 +91,17 @@ def describe_xp(xp_dir: Path, released: Mapping[str, list[str]] | None = None,
     """One XP folder: its checkpoint.th read without tensor bytes. A problem (no checkpoint,
     an unreadable one, no usable state) is recorded in the entry, never raised."""
     entry = XPEntry(sig=xp_dir.name, path=str(xp_dir),
-                    epoch_checkpoints=list(epoch_checkpoints(xp_dir)),
                     releases=None if released is None else released.get(xp_dir.name, []))
     try:
+        entry.epoch_checkpoints = list(epoch_checkpoints(xp_dir))
         path = resolve_checkpoint(xp_dir).path
         entry.checkpoint_bytes = path.stat().st_size
         pkg = load_solver_checkpoint(path, trust=trust)
     except ExportError as exc:
         entry.problems.append(str(exc))
+        return entry
+    except OSError as exc:  # an XP folder this user may not read
+        entry.problems.append(one_line(f"cannot read {xp_dir}: {exc.strerror or exc}"))
         return entry
     try:
         solver = raw_value(xp_config(pkg, str(path)), "solver")
