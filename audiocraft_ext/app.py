@@ -77,12 +77,18 @@ def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
 
 
 def run(cfg: DictConfig) -> ExportResult | None:
-    """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates."""
+    """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates; with
+    mode=list, describe every XP of its Dora dir."""
     try:
         spec = cast(ExportConfig, OmegaConf.to_object(cfg))  # the schema's instance
     except MissingMandatoryValue as exc:
         raise ExportError(f"{exc.full_key} is required: add {exc.full_key}=... to the command"
                           ) from exc
+    if spec.mode is Mode.list:  # a whole Dora dir: no one checkpoint to resolve
+        from .listing import list_command
+
+        print(list_command(spec.input, spec.list))
+        return None
     source = resolve_input(spec.input)
     if spec.mode is Mode.inspect:
         from .inspection import format_inspection, inspect_checkpoint

@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> str | None:
         # One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) shows the chain.
         logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
         sys.exit(1)
-    if result is None:  # mode=inspect, or a failed job of a multirun (in the sweep summary)
+    if result is None:  # mode=inspect or list, or a failed job of a multirun (in its summary)
         return None
     print(result.release_dir)
     return str(result.release_dir)

@@ -140,6 +140,7 @@ class ValidateConfig:
 class Mode(str, Enum):
     export = "export"
     inspect = "inspect"  # print what the checkpoint holds; write nothing
+    list = "list"  # one line per XP of a Dora dir (input=xp with its dora_dir); write nothing
 
 
 @dataclass
@@ -148,9 +149,21 @@ class InspectConfig:
 
 
 @dataclass
+class ListConfig:
+    # Order of the lines: sig (default), solver, epochs, params, size, or a metric name (ce,
+    # sisnr...): ascending by its last valid value, XPs that do not log it last.
+    sort: str | None = None
+    json: bool = False  # print one JSON list instead of the table
+    # A folder of releases: an XP has one when <releases>/<folder>/export.json (one level
+    # deep) names its signature as source.xp_sig.
+    releases: str | None = None
+
+
+@dataclass
 class ExportConfig:
     mode: Mode = Mode.export
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    list: ListConfig = field(default_factory=ListConfig)
     input: InputConfig = MISSING
     state: StateConfig = MISSING
     compression: CompressionConfig = MISSING

@@ -48,8 +48,21 @@ def test_validate_options(compose_config, option):
     ("validate.duration=long", "could not be converted to Float"),
     ("state.select=newest", "Invalid value 'newest'"),
     ("state=newest", "Could not find 'state/newest'"),
+    ("list.sortt=ce", "Key 'sortt' not in 'ListConfig'"),
+    ("mode=lst", "Invalid value 'lst'"),
 ])
 def test_typos_and_wrong_types_fail_at_composition(compose_config, override, message):
     with pytest.raises(ConfigCompositionException) as info:
         compose_config(override)
     assert message in str(info.value) + str(info.value.__cause__)
+
+
+def test_list_mode_composes_onto_its_schema(compose_config):
+    cfg = compose_config("mode=list", "input=xp", "list.sort=ce", "list.json=true",
+                         "list.releases=rel")
+    assert cfg.mode == schemas.Mode.list
+    assert OmegaConf.get_type(cfg.list) is schemas.ListConfig
+    assert OmegaConf.to_object(cfg.list) == schemas.ListConfig(sort="ce", json=True,
+                                                               releases="rel")
+    assert compose_config().list == schemas.ListConfig()  # defaults: by sig, a table
+
