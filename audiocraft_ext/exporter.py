@@ -218,6 +218,7 @@ def export_release(
         manifest.timings = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
+        logger.info("writing the model card and the manifest")
         write_text(render_model_card(manifest), staging / MODEL_CARD_FILE)
         write_json(manifest.to_json(), staging / MANIFEST_FILE)
     logger.info("export %.2fs (peak RSS %.0f MiB), validate=%s %.2fs (peak RSS %.0f MiB); "
@@ -239,6 +240,7 @@ def _enum(kind: type[E], value: E | str) -> E:
 
 def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Selected:
     """The config and the selected state (still on disk) of the checkpoint."""
+    logger.info("reading %s", source.path)
     pkg = load_solver_checkpoint(source.path, trust=trust)
     cfg = xp_config(pkg, str(source.path))
     if spec.select is StateChoice.average:
@@ -249,7 +251,7 @@ def _select(source: CheckpointSource, spec: StateConfig, trust: bool) -> _Select
     else:
         key, state = select_state(pkg, spec.select, source=str(source.path))
         selected = _Selected(cfg, key, state, xp_signature(pkg), pkg.get("history"))
-    logger.info("exporting %s of %s (solver %s): %d tensors", selected.key, source.path,
+    logger.info("exporting %s (solver %s): %d tensors", selected.key,
                 shown(raw_value(cfg, "solver")), len(selected.state))
     return selected
 

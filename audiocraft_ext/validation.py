@@ -34,6 +34,7 @@ from .lazy_tensors import (
 )
 from .lean_loading import lean_loading
 from .manifest import ValidationReport
+from .progress import LOG_EVERY_SECONDS, byte_progress, step_progress
 from .release import COMPRESSION_FILE, LM_FILE, save_package
 from .safe_load import load_checkpoint
 from .samples import Clip
@@ -67,9 +68,28 @@ def import_audiocraft_meanwhile() -> None:
     overlaps the writing of the release, which mostly waits on the kernel and the hasher
     thread. The checks import it again: they wait for this import, or redo a failed one and
     report its error themselves."""
+    global _importing
     if "audiocraft.models" not in sys.modules:
         logger.info("importing audiocraft while the release is written")
-        threading.Thread(target=_import_models, name="import-audiocraft").start()
+        _importing = threading.Thread(target=_import_models, name="import-audiocraft")
+        _importing.start()
+
+
+_importing: threading.Thread | None = None
+
+
+def _import_audiocraft() -> None:
+    """Import audiocraft's models, saying so when it takes a while (a multi-second import)."""
+    if _importing is not None and _importing.is_alive():
+        logger.info("waiting for audiocraft's import to finish")
+        started = time.monotonic()
+        _importing.join(LOG_EVERY_SECONDS)
+        while _importing.is_alive():
+            logger.info("still importing audiocraft (%.0f s)", time.monotonic() - started)
+            _importing.join(LOG_EVERY_SECONDS)
+    elif "audiocraft.models" not in sys.modules:
+        logger.info("importing audiocraft")
+    import audiocraft.models  # noqa: F401  (the import is the point)
 
 
 def _import_models() -> None:
@@ -90,7 +110,12 @@ def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, Tens
     _check_same_keys(expected, actual, what)
     scratch = Scratch()
     differ = []
+    total = sum(t.numel() * t.element_size() for t in expected.values())
+    logger.info("comparing %d tensors (%.1f MB) of %s with the source", len(expected),
+                total / 1e6, what)
+    advance, close = byte_progress(total, f"comparing {what}")
     for key, stored in expected.items():
+        advance(stored.numel() * stored.element_size())
         want, got = load_into(stored, scratch), as_tensor(actual[key])
         if not cast and got.dtype != want.dtype:
             differ.append(f"{key} ({want.dtype} became {got.dtype})")
@@ -101,6 +126,7 @@ def compare_states(expected: Mapping[str, TensorLike], actual: Mapping[str, Tens
                 want = scratch.tensor("compare", want.shape, got.dtype).copy_(want)
             if not same_bits(got.cpu(), want):
                 differ.append(key)
+    close()
     if differ:
         raise ExportError(f"{what}: {len(differ)} of {len(expected)} tensors differ from the "
                           f"source state, first {differ[0]}")
@@ -251,6 +277,7 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     full = settings.level is ValidateLevel.full and compression is not None
     if full:
         _check_segment_duration(lm_cfg, family)
+    _import_audiocraft()
     from audiocraft.models import loaders
 
     with lean_loading():
@@ -263,6 +290,8 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
             import audiocraft.models
 
             cls = getattr(audiocraft.models, family.model_class)
+            logger.info("building %s from the release with %s.get_pretrained", cls.__name__,
+                        cls.__name__)
             model = _load_pretrained(lambda: cls.get_pretrained(str(load_dir),
                                                                 device=settings.device),
                                      compression.pretrained)
@@ -290,6 +319,7 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
         report.skipped.append("compression and get_pretrained: compression=none")
     else:
         with checks.check("load_compression_model") as entry:
+            logger.info("building the compression model with load_compression_model")
             model = _load_pretrained(
                 lambda: loaders.load_compression_model(load_dir, device=device),
                 compression.pretrained)
@@ -304,7 +334,9 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
         report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
                               "rate")
         return
-    with checks.check("load_lm_model_magnet" if family.magnet else "load_lm_model") as entry:
+    loader = "load_lm_model_magnet" if family.magnet else "load_lm_model"
+    with checks.check(loader) as entry:
+        logger.info("building the LM with %s", loader)
         if family.magnet and frame_rate is not None:
             lm = loaders.load_lm_model_magnet(
                 load_dir, compression_model_frame_rate=frame_rate, device=device)
@@ -330,9 +362,11 @@ def validate_compression_release(release_dir: Path, state: StateDict,
     path = release_dir / COMPRESSION_FILE
     with checks.check("compression_file"):
         _check_release_file(path, state, written[COMPRESSION_FILE])
+    _import_audiocraft()
     from audiocraft.models import CompressionModel
 
     with checks.check("get_pretrained") as entry, lean_loading():
+        logger.info("building the compression model with CompressionModel.get_pretrained")
         model = CompressionModel.get_pretrained(str(path), device=settings.device)
         with _timed(entry, "compare_seconds"):
             compare_states(state, model.state_dict(), "CompressionModel.get_pretrained",
@@ -488,13 +522,21 @@ def _generate(model: Any, settings: ValidateConfig, clips: list[Clip]) -> dict[s
     expected = (1, model.audio_channels,
                 int(model.duration * model.frame_rate) * model.sample_rate // model.frame_rate)
     prompts: dict[str, Callable[[], torch.Tensor]] = {
-        "unconditional": lambda: model.generate_unconditional(1)}
+        "unconditional": lambda: model.generate_unconditional(1, progress=True)}
     if model.lm.condition_provider.text_conditions:
-        prompts["text"] = lambda: model.generate([settings.description])
+        prompts["text"] = lambda: model.generate([settings.description], progress=True)
     shapes = {}
     for name, run in prompts.items():
+        logger.info("generating %g s of audio (%s)", model.duration, name)
+        update, close = step_progress(f"generating ({name})")
+        # replaces audiocraft's default callback, which prints to stdout (the release path's)
+        model.set_custom_progress_callback(update)
         torch.manual_seed(settings.seed)
-        wav = run()
+        try:
+            wav = run()
+        finally:
+            close()
+            model.set_custom_progress_callback(None)
         if tuple(wav.shape) != expected:
             raise ExportError(f"{name} generation returned shape {tuple(wav.shape)}, "
                               f"expected {expected}")
