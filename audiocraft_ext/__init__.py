@@ -1,7 +1,8 @@
 """Turn AudioCraft training checkpoints into validated release folders.
 
-    from audiocraft_ext import export_release
-    export_release("dora/xps/SIG/checkpoint.th", "releases/SIG")
+    import audiocraft_ext
+    audiocraft_ext.log_to_stderr()  # optional: the progress lines the command line shows
+    audiocraft_ext.export_release("dora/xps/SIG/checkpoint.th", "releases/SIG")
 
 Names are imported on first use, so that reading the configuration (``export_app.py --help``,
 ``--cfg job``) does not pay for importing torch and audiocraft.
@@ -19,7 +20,8 @@ _EXPORTS = {
     "StateChoice": "config", "StateConfig": "config", "ValidateConfig": "config",
     "ValidateLevel": "config", "OutputDtype": "config",
     "AutoCompression": "config", "PretrainedCompression": "config",
-    "CheckpointCompression": "config", "NoCompression": "config",
+    "CheckpointCompression": "config", "NoCompression": "config", "RecordPaths": "config",
+    "log_to_stderr": "logs",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from .config import ExportConfig, Mode, RecordPaths
-from .errors import ExportError, first_line
+from .errors import ExportError, command_line_messages, first_line
 from .exporter import ExportResult, export_release
 from .recorded_paths import PathRecorder
 from .release import CONFIG_FILE
@@ -41,7 +41,8 @@ def run_job(cfg: DictConfig) -> ExportResult | None:
                               "overrides": list(HydraConfig.get().overrides.task)}
     result = None
     try:
-        result = run(cfg)
+        with command_line_messages():
+            result = run(cfg)
         record.update(status="ok", **(_result_facts(result) if result else {}))
     except Exception as exc:
         record.update(status="failed", error=str(exc) if isinstance(exc, ExportError)

@@ -18,7 +18,7 @@ from .config import (
     PretrainedCompression,
     StateChoice,
 )
-from .errors import ExportError, shown
+from .errors import ExportError, setting, shown
 from .release import pointer_package, release_package
 from .sources import (
     PRETRAINED_PREFIX,
@@ -63,8 +63,8 @@ def resolve_compression(spec: CompressionConfig, lm_cfg: DictConfig, lm_source: 
         if not ref or not isinstance(ref, str):
             raise ExportError(
                 f"{lm_source.path}: xp.cfg has no compression_model_checkpoint; choose "
-                "compression=pretrained compression.name=..., compression=checkpoint "
-                "compression.path=... or compression=none")
+                f"{setting('compression.name', '...')}, {setting('compression.path', '...')} "
+                f"or {setting('compression=none')}")
     else:
         raise TypeError(f"unknown compression spec {spec!r}")
     return _from_reference(ref, lm_source, trust)
@@ -79,15 +79,14 @@ def _from_reference(ref: str, lm_source: CheckpointSource, trust: bool) -> Compr
             raise ExportError(
                 f"the compression model is {ref}, but {lm_source.path} is not inside a Dora dir "
                 "(<dora_dir>/xps/<sig>/) and AUDIOCRAFT_DORA_DIR is unset; set it, or pass "
-                "compression=checkpoint compression.path=<EnCodec checkpoint>")
+                f"{setting('compression.path', '<EnCodec checkpoint>')}")
         try:
             source = resolve_signature(ref, dora_dir)
         except ExportError as exc:
             raise ExportError(f"cannot resolve the compression model {ref}: {exc}") from exc
     elif ref.startswith("//"):
         raise ExportError(f"cannot resolve the compression model reference {ref!r} outside the "
-                          "cluster it was trained on; pass compression=checkpoint "
-                          "compression.path=...")
+                          f"cluster it was trained on; pass {setting('compression.path', '...')}")
     else:
         try:
             source = resolve_checkpoint(ref)

@@ -1,4 +1,9 @@
-"""The one exception type the app reports as a single line instead of a traceback."""
+"""The one exception type the app reports as a single line instead of a traceback, and how
+its messages name the user's settings."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 MAX_MESSAGE = 1000  # characters of an error line: enough for two long paths and a reason
 MAX_SHOWN = 120  # characters of one value taken from a file (a name, a key, a config value)
@@ -37,3 +42,50 @@ def first_line(exc: BaseException) -> str:
     print."""
     text = str(exc).strip()
     return one_line(text.splitlines()[0] if text else type(exc).__name__)
+
+
+# How messages name a setting: as the command line writes it (the app) or as export_release
+# takes it (the library: the default, since the app says so when it starts a job).
+_COMMAND_LINE: ContextVar[bool] = ContextVar("command_line", default=False)
+# key -> (the command line's key, export_release's argument); a "{}" takes the value
+_SETTINGS = {
+    "output.dir": ("output.dir", "out_dir"),
+    "output.overwrite": ("output.overwrite", "overwrite"),
+    "output.record_paths": ("output.record_paths", "record_paths"),
+    "input.trust": ("input.trust", "trust"),
+    "validate": ("validate", "validate"),
+    "validate.compression_model": ("validate.compression_model",
+                                   "validate=ValidateConfig(compression_model={})"),
+    "compression=none": ("compression=none", "compression=NoCompression()"),
+    "compression.name": ("compression=pretrained compression.name",
+                         "compression=PretrainedCompression(name={})"),
+    "compression.path": ("compression=checkpoint compression.path",
+                         "compression=CheckpointCompression(path={})"),
+}
+
+
+def setting(key: str, value: object = None) -> str:
+    """``key`` (optionally ``=value``) as the user writes it: ``output.overwrite=true`` on the
+    command line, ``overwrite=True`` for :func:`~audiocraft_ext.export_release`. A value
+    starting with ``<`` or ``...`` is a placeholder, shown as it is."""
+    cli, library = _SETTINGS[key]
+    placeholder = isinstance(value, str) and value.startswith(("<", "..."))
+    if _COMMAND_LINE.get():
+        if value is None:
+            return cli
+        shown_value = str(value).lower() if isinstance(value, bool) else str(value)
+        return f"{cli}={shown_value}"
+    if value is None:
+        return library.split("=", 1)[0] if "{}" in library else library
+    shown_value = str(value) if placeholder else repr(value)
+    return library.format(shown_value) if "{}" in library else f"{library}={shown_value}"
+
+
+@contextmanager
+def command_line_messages() -> Iterator[None]:
+    """Within the block, messages name settings as the command line writes them."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)

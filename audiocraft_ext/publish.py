@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ExportError
+from .errors import ExportError, setting
 from .release import MANIFEST_FILE, RELEASE_FILES, SAMPLE_FILES, SAMPLES_DIR, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,12 @@ def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -
     """Refuse a destination whose replacement could lose data; one line saying why."""
     if dest.is_symlink():
         raise ExportError(f"{dest} is a symbolic link; a release is never written through one: "
-                          "choose another output.dir")
+                          f"choose another {setting('output.dir')}")
     if not os.path.lexists(dest):
         return
     if not dest.is_dir():
-        raise ExportError(f"{dest} exists and is not a folder; choose another output.dir")
+        raise ExportError(f"{dest} exists and is not a folder; choose another "
+                          f"{setting('output.dir')}")
     real = dest.resolve()
     for folder in protected:
         folder = folder.resolve()
@@ -117,18 +118,19 @@ def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -
         if relation:
             raise ExportError(f"{dest} {relation} {folder}, which holds the checkpoint being "
                               "exported; a release is never written there: choose another "
-                              "output.dir")
+                              f"{setting('output.dir')}")
     cwd = Path.cwd().resolve()
     if cwd.is_relative_to(real):
         raise ExportError(f"{dest} is the current folder or one above it; it is never "
-                          "replaced: choose another output.dir")
+                          f"replaced: choose another {setting('output.dir')}")
     problem = release_problem(dest)
     if problem is not None:
         raise ExportError(f"{dest} exists and is not a release folder ({problem}); it is never "
-                          "replaced: choose another output.dir")
+                          f"replaced: choose another {setting('output.dir')}")
     if not overwrite:
-        raise ExportError(f"{dest} already exists; choose another output.dir or set "
-                          "output.overwrite=true to replace it once the new export validated")
+        raise ExportError(f"{dest} already exists; choose another {setting('output.dir')} or "
+                          f"set {setting('output.overwrite', True)} to replace it once the new "
+                          "export validated")
 
 
 @contextmanager
@@ -142,7 +144,8 @@ def staged_release(dest: str | Path, overwrite: bool = False,
     """
     dest = Path(os.path.abspath(os.path.expanduser(dest)))  # ".." resolved, links kept
     if dest.parent == dest:
-        raise ExportError(f"{dest} is the root folder; choose another output.dir")
+        raise ExportError(f"{dest} is the root folder; choose another "
+                          f"{setting('output.dir')}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

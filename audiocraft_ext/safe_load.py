@@ -27,7 +27,7 @@ import torch
 
 from .allowlist import BadArguments, RefusedGlobal, resolve_global, storage_from_id
 from .archive import CheckpointArchive
-from .errors import ExportError, first_line
+from .errors import ExportError, first_line, setting
 from .lazy_tensors import StoredStorage, element_size
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     path = Path(path)
     _check_regular_file(path)
     if trust:
-        logger.warning("input.trust=true: unpickling %s WITHOUT the allow-list; "
-                       "it can run arbitrary code", path)
+        logger.warning("%s: unpickling %s WITHOUT the allow-list; it can run arbitrary code",
+                       setting("input.trust", True), path)
     try:
         with open(path, "rb") as f:
             head = f.read(len(_TORCH_LEGACY_MAGIC))
@@ -172,7 +172,8 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     except RefusedGlobal as exc:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it references {exc.qualname}, which is not allowed in "
-            "a checkpoint (set input.trust=true only if you know where the file comes from)"
+            f"a checkpoint (set {setting('input.trust', True)} only if you know where the file "
+            "comes from)"
         ) from exc
     except BadArguments as exc:
         raise UnsafeCheckpointError(f"refusing to load {path}: {first_line(exc)}") from exc
@@ -231,7 +232,7 @@ def _load_legacy(path: Path, head: bytes, trust: bool) -> Any:
     if not trust:
         raise ExportError(f"{path} is in torch's legacy (pre-1.6) format, which cannot be read "
                           "safely; re-save it with torch.save where it is trusted, or set "
-                          "input.trust=true if you know where it comes from")
+                          f"{setting('input.trust', True)} if you know where it comes from")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # trusted legacy files fail as torch.load fails, in any way

@@ -23,7 +23,7 @@ from omegaconf.errors import UnsupportedInterpolationType
 
 from .compression import CompressionRelease
 from .config import ValidateConfig, ValidateLevel
-from .errors import ExportError, first_line, shown
+from .errors import ExportError, first_line, setting, shown
 from .lazy_tensors import (
     Scratch,
     StoredTensor,
@@ -270,7 +270,7 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     family = FAMILIES.get(solver)
     if family is None:
         raise ExportError(f"cannot validate an LM of solver {shown(solver)} (known: "
-                          f"{', '.join(FAMILIES)}); use validate=none")
+                          f"{', '.join(FAMILIES)}); use {setting('validate', 'none')}")
     for name, (state, wrote) in files.items():
         with checks.check("lm_file" if name == LM_FILE else "compression_file"):
             _check_release_file(release_dir / name, state, wrote)
@@ -471,7 +471,8 @@ def _check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
             f"{family.model_class}.get_pretrained rejects this model: it was trained on "
             f"dataset.segment_duration={segment:g} s, which must be above "
             f"{family.extend_stride:g} s (the default extend_stride it asserts on); retrain "
-            "with longer segments or use validate=load to skip the get_pretrained check")
+            f"with longer segments or use {setting('validate', 'load')} to skip the "
+            "get_pretrained check")
 
 
 def _load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
@@ -486,7 +487,7 @@ def _load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
             f"the release points at the pretrained compression model {pretrained!r}, which "
             f"could not be fetched here ({type(exc).__name__}); it comes from the Hugging Face "
             "hub on first use: run where the hub or its cache (HF_HOME) is reachable, or "
-            "validate offline with validate.compression_model=<local copy of that model>"
+            f"validate offline with {setting('validate.compression_model', '<local copy>')}"
             ) from exc
 
 

@@ -102,7 +102,9 @@ def test_existing_release_is_kept_unless_overwrite(musicgen_ckpt, tmp_path):
     dest = tmp_path / "rel"
     export_release(musicgen_ckpt, dest, validate=LOAD)
     before = sha256_of(dest / "state_dict.bin")
-    with pytest.raises(ExportError, match="already exists"):
+    # phrased for the library: its own argument names, not the command line's keys
+    with pytest.raises(ExportError, match=r"already exists; choose another out_dir or set "
+                                          r"overwrite=True to replace it"):
         export_release(musicgen_ckpt, dest, state="last", validate=LOAD)
     assert sha256_of(dest / "state_dict.bin") == before
     export_release(musicgen_ckpt, dest, state="last", validate=LOAD, overwrite=True)
