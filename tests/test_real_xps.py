@@ -50,13 +50,25 @@ def test_lm_families_validate_with_their_model_class(real_xps, tmp_path, name, m
     encodec = real_xps["xps"][{"audiogen": "encodec16"}.get(name, "encodec")]["checkpoint"]
     assert_same_state(release_state(out / "compression_state_dict.bin"),
                       torch_load(encodec)["best_state"]["model"])
+    # the model card states the family's facts from the release's own configs
+    card = (out / "README.md").read_text()
+    cfg = torch_load(xp["checkpoint"])["xp.cfg"]
+    assert f"loaded with `audiocraft.models.{model_class}`" in card
+    assert f"{cfg.sample_rate} Hz" in card and "at 50 frames/s" in card
+    assert "2 epoch(s) trained" in card and "![Training curves](training_curves.png)" in card
+    assert [s["name"] for s in manifest["samples"]] == ["unconditional", "text"]
+    assert all((out / s["audio"]).is_file() for s in manifest["samples"])
 
 
 def test_encodec_xp_gives_a_compression_model_only_release(real_xps, tmp_path):
     xp = real_xps["xps"]["encodec"]
     _, out, manifest = _export(tmp_path, "input=checkpoint", f"input.path={xp['checkpoint']}")
     assert sorted(p.name for p in out.iterdir()) == [
-        "compression_state_dict.bin", "export.json", "export_config.yaml"]
+        "README.md", "compression_state_dict.bin", "export.json", "export_config.yaml",
+        "samples", "training_curves.png"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "input.png", "input.wav", "reconstruction.png", "reconstruction.wav"]
+    assert "4 x 400 entries at 50 frames/s" in (out / "README.md").read_text()
     assert_validated(manifest, ["compression_file", "get_pretrained", "encode_decode"])
     assert _checks(manifest)["encode_decode"]["codes"][:2] == [1, 4]
     pkg = torch.load(out / "compression_state_dict.bin", weights_only=True)
