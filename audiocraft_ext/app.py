@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 # the config groups of conf/export.yaml, in their defaults-list order
 GROUPS = ("input", "state", "compression", "output", "validate")
+# conf/export_hydra.yaml: the app's hydra: settings (logging on stderr, sweep summary callback,
+# run dirs, help), which a re-run from a release must get from the package like the original
+HYDRA_SETTINGS = "export_hydra"
 
 
 def run_job(cfg: DictConfig) -> ExportResult | None:
@@ -69,11 +72,13 @@ def _result_facts(result: ExportResult) -> dict[str, Any]:
 
 
 def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
-    """The composed config as a primary config: the chosen options plus every value, its paths
-    recorded as ``recorder`` says."""
+    """The composed config as a primary config: the chosen options, the app's hydra settings
+    (by name: nothing of this run's dirs or overrides) and every value, its paths recorded as
+    ``recorder`` says."""
     choices = HydraConfig.get().runtime.choices
     values = recorder.values(_plain_config(cfg))
-    defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), "_self_"]
+    defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), HYDRA_SETTINGS,
+                "_self_"]
     return OmegaConf.create({"defaults": defaults, **values})
 
 

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from audiocraft_ext.app import run
 
 from helpers import (
     FULL_CHECKS,
+    ROOT,
     app_env,
     assert_same_state,
     assert_validated,
@@ -39,6 +41,25 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
     saved = OmegaConf.load(tmp_path / "rel" / "export_config.yaml")
     assert saved.defaults[1] == {"input": "checkpoint"}
     assert saved.input.path == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
+    assert "hydra" not in saved  # the app's settings come by name, nothing of this run
+
+
+def test_saved_config_composes_the_apps_hydra_settings(job_config, compose_config,
+                                                       musicgen_ckpt, tmp_path):
+    """export_config.yaml, found as --config-dir finds it (the release folder, then the
+    package's conf/), gets the hydra settings of conf/export.yaml."""
+    run(job_config("input=checkpoint", f"input.path={musicgen_ckpt}",
+                   f"output.dir={tmp_path}/rel", "validate=none"))
+    with initialize_config_dir(str(tmp_path / "rel"), version_base="1.3"):
+        rerun = compose("export_config", return_hydra_config=True,
+                        overrides=[f"hydra.searchpath=[file://{ROOT / 'conf'}]"])
+    got, want = (OmegaConf.to_container(c.hydra) for c in (rerun, compose_config(hydra=True)))
+    for key in ("run", "sweep", "callbacks", "job_logging", "help"):
+        assert got[key] == want[key], key
+    assert (got["job"]["name"], got["job"]["chdir"]) == ("export_app", False)
+    assert rerun.hydra.job_logging.handlers.console.stream == "ext://sys.stderr"
+    assert rerun.input.path == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
+    assert rerun.validate.level == "none"
 
 
 @pytest.mark.slow

@@ -91,20 +91,53 @@ def test_two_jobs_writing_one_release_fail_clearly(musicgen_ckpt, fsdp_ckpt, tmp
     assert json.loads((out / "export.json").read_text())["source"]["path"] == ok["source"]
 
 
-def test_rerun_from_the_saved_config_gives_the_same_bytes(musicgen_ckpt, tmp_path):
+def _run_dirs(root: Path) -> list[Path]:
+    """Hydra's <root>/<date>/<time> folders (the app's run.dir and sweep.dir layout)."""
+    return sorted(root.glob("????-??-??/??-??-??"))
+
+
+def _assert_logged_like_the_app(proc: subprocess.CompletedProcess) -> None:
+    """Logs on stderr (stdout is for the release path), without xformers' import notice."""
+    assert "[audiocraft_ext.app][INFO] - release " in proc.stderr
+    assert "[INFO]" not in proc.stdout
+    assert "xformers" not in proc.stderr.lower()
+
+
+def test_rerun_from_the_saved_config_behaves_as_the_original(musicgen_ckpt, tmp_path):
+    """The documented re-run (README, "Sweeps and clusters") gets the app's Hydra settings:
+    the same release bytes, stdout, logging, run and sweep dirs, sweep summary and help."""
     first = tmp_path / "first"
     run_app("input=checkpoint", f"input.path={musicgen_ckpt}", "state=best", "validate=load",
             f"output.dir={first}", f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path, check=True)
+    rerun = ("--config-dir", str(first), "--config-name", "export_config")
     again = tmp_path / "again"
-    # the documented re-run command (README, "Sweeps and clusters")
-    run_app("--config-dir", str(first), "--config-name", "export_config", f"output.dir={again}",
-            f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
+    proc = run_app(*rerun, f"output.dir={again}", cwd=tmp_path, check=True)
+    assert proc.stdout == f"{again}\n"
+    _assert_logged_like_the_app(proc)
+    [run_dir] = _run_dirs(tmp_path / "outputs")  # hydra.run.dir: outputs/<date>/<time>
+    assert "release " in (run_dir / "export_app.log").read_text()  # hydra.job.name
     for name in ("state_dict.bin", "compression_state_dict.bin"):
         assert sha256_of(again / name) == sha256_of(first / name)
     assert_same_state(release_state(again / "state_dict.bin"),
                       release_state(first / "state_dict.bin"))
     m1, m2 = (json.loads((d / "export.json").read_text()) for d in (first, again))
     assert m1["config"] == {**m2["config"], "output": {**m2["config"]["output"], "dir": str(first)}}
+
+    swept = run_app("-m", *rerun, "output.dir=null", "validate.level=none,load", cwd=tmp_path,
+                    check=True)
+    [sweep_dir] = _run_dirs(tmp_path / "multirun")  # hydra.sweep.dir, then subdir = job number
+    summary = _summary(sweep_dir)
+    assert [(j["job"], j["validation"]) for j in summary["jobs"]] == [(0, "none"), (1, "load: ok")]
+    for job in summary["jobs"]:
+        assert job["release"] == str(sweep_dir / str(job["job"]) / musicgen_ckpt.parent.name)
+        assert job["sha256"] == sha256_of(first / "state_dict.bin")
+    assert (sweep_dir / "sweep_summary.txt").read_text() in swept.stdout
+    assert "[INFO]" not in swept.stdout and "xformers" not in swept.stderr.lower()
+
+    helped = run_app(*rerun, "--help", cwd=tmp_path, check=True).stdout
+    original = run_app("--help", cwd=tmp_path, check=True).stdout
+    assert helped.startswith("audiocraft-export: export an AudioCraft training checkpoint")
+    assert helped.split("== Config ==")[0] == original.split("== Config ==")[0]
 
 
 SLURM_SCRIPT = ROOT / "scripts" / "slurm_local.sh"
