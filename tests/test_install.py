@@ -133,6 +133,11 @@ def test_demo_export_inspect_and_sweep_from_any_folder(installed):
                    f"input.path={checkpoint}", "validate=load", "output.dir=again")
     assert (cwd / "again" / "compression_state_dict.bin").is_file()
     assert exported.stdout.strip().splitlines()[-1] == str(cwd / "again")
+    # the release's export_config.yaml finds the app's hydra settings in the installed package
+    rerun = run(installed, "audiocraft-export", "--config-dir", "again", "--config-name",
+                "export_config", "output.dir=rerun", "hydra.run.dir=rerun_run")
+    assert rerun.stdout == f"{cwd / 'rerun'}\n" and "release " in rerun.stderr
+    assert (cwd / "rerun_run" / "export_app.log").is_file()
 
     inspect = run(installed, "audiocraft-export", "mode=inspect", "input=checkpoint",
                   f"input.path={checkpoint}").stdout
