@@ -27,6 +27,9 @@ def finetune_command(release_dir: str, solver: str, overrides: Sequence[str] = (
     :func:`solver_config`) and ``overrides`` must keep its model settings (scale, LM,
     conditioners, codebook pattern); data and optimisation may change. Overrides of the
     keys the recipe sets (``RECIPE_KEYS``) are left out, so an XP's whole argv can be given.
+    ``release_dir`` is the folder as the training machine sees it, absolute: audiocraft's
+    Hydra app (version_base 1.1) runs the solver inside its XP folder, where a relative
+    path would not resolve.
     """
     kept = [o for o in overrides if _key(o) not in RECIPE_KEYS]
     release = release_dir.rstrip("/") or "/"
