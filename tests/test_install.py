@@ -85,8 +85,8 @@ def installed(tmp_path_factory) -> Iterator[dict]:
     shutil.rmtree(env)  # gigabytes (a CUDA build of torch): not left for pytest's retention
 
 
-def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=installed["cwd"], env=_clean_env(installed["env"]),
+def run(installed: dict, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=cwd or installed["cwd"], env=_clean_env(installed["env"]),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
@@ -133,9 +133,11 @@ def test_demo_export_inspect_and_sweep_from_any_folder(installed):
                    f"input.path={checkpoint}", "validate=load", "output.dir=again")
     assert (cwd / "again" / "compression_state_dict.bin").is_file()
     assert exported.stdout.strip().splitlines()[-1] == str(cwd / "again")
-    # the release's export_config.yaml finds the app's hydra settings in the installed package
-    rerun = run(installed, "audiocraft-export", "--config-dir", "again", "--config-name",
-                "export_config", "output.dir=rerun", "hydra.run.dir=rerun_run")
+    # the release's export_config.yaml finds the app's hydra settings in the installed package;
+    # run from the Dora dir its paths are recorded relative to
+    rerun = run(installed, "audiocraft-export", "--config-dir", str(cwd / "again"),
+                "--config-name", "export_config", f"output.dir={cwd / 'rerun'}",
+                f"hydra.run.dir={cwd / 'rerun_run'}", cwd=checkpoint.parents[2])
     assert rerun.stdout == f"{cwd / 'rerun'}\n" and "release " in rerun.stderr
     assert (cwd / "rerun_run" / "export_app.log").is_file()
 

@@ -105,27 +105,31 @@ def _assert_logged_like_the_app(proc: subprocess.CompletedProcess) -> None:
 
 def test_rerun_from_the_saved_config_behaves_as_the_original(musicgen_ckpt, tmp_path):
     """The documented re-run (README, "Sweeps and clusters") gets the app's Hydra settings:
-    the same release bytes, stdout, logging, run and sweep dirs, sweep summary and help."""
+    the same release bytes, stdout, logging, run and sweep dirs, sweep summary and help. It
+    runs from the Dora dir, which the release records its paths relative to."""
+    dora = tmp_path / "dora"
+    [sig] = _xps(dora, [musicgen_ckpt])
     first = tmp_path / "first"
-    run_app("input=checkpoint", f"input.path={musicgen_ckpt}", "state=best", "validate=load",
-            f"output.dir={first}", f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path, check=True)
+    run_app("input=xp", f"input.dora_dir={dora}", f"input.sig={sig}", "state=best",
+            "validate=load", f"output.dir={first}", f"hydra.run.dir={tmp_path / 'run1'}",
+            cwd=tmp_path, check=True)
     rerun = ("--config-dir", str(first), "--config-name", "export_config")
     again = tmp_path / "again"
-    proc = run_app(*rerun, f"output.dir={again}", cwd=tmp_path, check=True)
+    proc = run_app(*rerun, f"output.dir={again}", cwd=dora, check=True)
     assert proc.stdout == f"{again}\n"
     _assert_logged_like_the_app(proc)
-    [run_dir] = _run_dirs(tmp_path / "outputs")  # hydra.run.dir: outputs/<date>/<time>
+    [run_dir] = _run_dirs(dora / "outputs")  # hydra.run.dir: outputs/<date>/<time>
     assert "release " in (run_dir / "export_app.log").read_text()  # hydra.job.name
     for name in ("state_dict.bin", "compression_state_dict.bin"):
         assert sha256_of(again / name) == sha256_of(first / name)
     assert_same_state(release_state(again / "state_dict.bin"),
                       release_state(first / "state_dict.bin"))
     m1, m2 = (json.loads((d / "export.json").read_text()) for d in (first, again))
-    assert m1["config"] == {**m2["config"], "output": {**m2["config"]["output"], "dir": str(first)}}
+    assert m1["config"] == {**m2["config"], "output": {**m2["config"]["output"], "dir": "first"}}
 
-    swept = run_app("-m", *rerun, "output.dir=null", "validate.level=none,load", cwd=tmp_path,
+    swept = run_app("-m", *rerun, "output.dir=null", "validate.level=none,load", cwd=dora,
                     check=True)
-    [sweep_dir] = _run_dirs(tmp_path / "multirun")  # hydra.sweep.dir, then subdir = job number
+    [sweep_dir] = _run_dirs(dora / "multirun")  # hydra.sweep.dir, then subdir = job number
     summary = _summary(sweep_dir)
     assert [(j["job"], j["validation"]) for j in summary["jobs"]] == [(0, "none"), (1, "load: ok")]
     for job in summary["jobs"]:
