@@ -105,7 +105,8 @@ def run(cfg: DictConfig) -> ExportResult | None:
     out_dir = (Path(spec.output.dir) if spec.output.dir
                else Path(HydraConfig.get().runtime.output_dir) / source.name)
     recorder = PathRecorder(source.dora_dir,
-                            absolute=spec.output.record_paths is RecordPaths.absolute)
+                            absolute=spec.output.record_paths is RecordPaths.absolute,
+                            rerunnable=True)
     result = export_release(
         source, out_dir, state=spec.state, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,

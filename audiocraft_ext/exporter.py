@@ -27,6 +27,7 @@ from .config import (
     ValidateLevel,
 )
 from .errors import ExportError, shown
+from .finetune import solver_config
 from .lazy_tensors import cast_state
 from .manifest import (
     CompressionRecord,
@@ -58,7 +59,7 @@ from .release import (
 )
 from .repairs import loadable_config
 from .samples import Clip, write_samples
-from .sources import CheckpointSource, resolve_checkpoint
+from .sources import CheckpointSource, dora_argv, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .torch_zip import WrittenZip
 from .training_history import curves, summarize_history
@@ -183,8 +184,7 @@ def export_release(
             written = _write(staging, packages)
         manifest = Manifest(
             release=recorder.path(out_dir),
-            source=SourceRecord(**_recorded_facts(source.path, recorder), name=source.name,
-                                solver=solver, xp_sig=sel.xp_sig),
+            source=_source_record(source, recorder, solver, sel.xp_sig),
             state=StateRecord(**vars(StateFacts.of(weights)), selected=spec.select.value,
                               key=sel.key, dtype=dtype.value,
                               members=recorder.values(sel.members)),
@@ -281,6 +281,15 @@ def _record_paths(packages: Mapping[str, dict[str, Any]], recorder: PathRecorder
         logger.info("recorded %d path(s) of xp.cfg relative to the Dora dir "
                     "(output.record_paths=absolute keeps them)", len(recorded))
     return recorded
+
+
+def _source_record(source: CheckpointSource, recorder: PathRecorder, solver: Any,
+                   xp_sig: str | None) -> SourceRecord:
+    argv = dora_argv(source.path.parent)
+    return SourceRecord(**_recorded_facts(source.path, recorder), name=source.name,
+                        solver=solver, xp_sig=xp_sig,
+                        argv=recorder.overrides(argv) if argv is not None else None,
+                        solver_config=solver_config(argv) if argv is not None else None)
 
 
 def _recorded_facts(path: Path, recorder: PathRecorder) -> dict[str, Any]:

@@ -58,6 +58,10 @@ class SourceRecord(FileFacts):
     name: str  # the release folder's default name
     solver: str | None
     xp_sig: str | None
+    # the XP's Dora overrides (.argv.json) and the solver config among them (musicgen/debug):
+    # the model card's fine-tuning recipe builds the same model with them
+    argv: list[str] | None = None
+    solver_config: str | None = None
 
 
 @dataclass(frozen=True)

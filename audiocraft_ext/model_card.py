@@ -9,6 +9,8 @@ not record (so nothing private when paths are recorded relative).
 from __future__ import annotations
 
 import json
+import re
+from pathlib import PurePosixPath
 from typing import Any
 
 from .finetune import finetune_command
@@ -184,12 +186,28 @@ def _usage_section(m: Manifest, is_lm: bool) -> str:
 def _finetune_section(m: Manifest, is_lm: bool) -> str:
     if not is_lm or m.compression is None or LM_FILE not in m.files:
         return ""
-    command = finetune_command(m.release, m.source.solver or "<solver>")
+    solver = m.source.solver_config or "<the XP's solver config>"
+    # absolute: audiocraft's training runs inside its own XP folder; the shell fills $PWD in
+    command = finetune_command(f"$PWD/{PurePosixPath(m.release).name}", solver,
+                               m.source.argv or [])
     return "\n".join([
         "## Fine-tune with AudioCraft\n",
-        "AudioCraft's own training continues from this folder (from the folder holding the "
-        "release, with the XP's solver config and model settings; the compression model is "
-        "the one shipped here):", "", "```bash", "dora run " + " ".join(command), "```", ""])
+        "AudioCraft's own training continues from this release, from the folder that holds "
+        "it (the training needs the release's absolute path: the shell's `$PWD` gives it). "
+        "The model is built from the solver config and overrides the XP was trained with "
+        + ("(its Dora `.argv.json`)" if m.source.argv else
+           "(not recorded: give the same model settings as the XP)")
+        + "; change data and optimisation settings as you need. The compression model is "
+        "the one shipped here, so the original XP and its Dora dir are not needed:", "",
+        "```bash", " ".join(["dora -P audiocraft run", *map(_shell_word, command)]), "```",
+        ""])
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell when needed, keeping ``$PWD`` expandable."""
+    if re.fullmatch(r"[\w@%+=:,./$-]*", word) and "$" not in word.replace("$PWD", ""):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _provenance_section(m: Manifest) -> str:

@@ -18,6 +18,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+# How a re-runnable config (export_config.yaml) names the Dora dir: AudioCraft users' own
+# variable, else the current folder (re-run from the Dora dir).
+DORA_DIR_VARIABLE = "${oc.env:AUDIOCRAFT_DORA_DIR,.}"
+
 
 @dataclass(frozen=True)
 class PathRecorder:
@@ -25,6 +29,9 @@ class PathRecorder:
 
     dora_dir: Path | None
     absolute: bool = False
+    # paths inside the Dora dir start with DORA_DIR_VARIABLE (a config to re-run) instead of
+    # being plain relative paths (a record to read)
+    rerunnable: bool = False
 
     def path(self, path: str | Path) -> str:
         """``path`` as the release records it."""
@@ -37,13 +44,22 @@ class PathRecorder:
         if self.dora_dir is not None:
             root = Path(os.path.abspath(self.dora_dir))
             if full.is_relative_to(root):
-                return full.relative_to(root).as_posix() or "."
+                inside = full.relative_to(root).as_posix()
+                if self.rerunnable:
+                    return f"{DORA_DIR_VARIABLE}/{inside}" if inside != "." \
+                        else DORA_DIR_VARIABLE
+                return inside
         return PurePosixPath(full).name or "."
 
     def values(self, value: Any, changed: list[str] | None = None, key: str = "") -> Any:
         """A copy of a nest of dicts and lists with every absolute path recorded; the dotted
         keys of the values changed are appended to ``changed``."""
         return _map_strings(value, self._recorded, changed, key)
+
+    def overrides(self, argv: list[str]) -> list[str]:
+        """Command-line overrides (``key=value``) with their absolute paths recorded."""
+        return [f"{k}={self._recorded(v)}" if sep else self._recorded(k)
+                for k, sep, v in (o.partition("=") for o in argv)]
 
     def yaml_config(self, text: str) -> tuple[str, list[str]]:
         """An ``xp.cfg`` YAML text with its absolute paths recorded (interpolations left as

@@ -3,6 +3,7 @@ checkpoint file to export."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -68,6 +69,26 @@ def resolve_checkpoint(path: str | Path, epoch: int | None = None) -> Checkpoint
     if path.name.startswith("checkpoint_") and path.parent.parent.name == "xps":
         name = f"{path.parent.name}_{path.stem[len('checkpoint_'):]}"
     return CheckpointSource(path=path, name=name, dora_dir=dora_dir_of(path))
+
+
+ARGV_FILE = ".argv.json"  # what Dora writes into an XP folder: the overrides it was run with
+MAX_ARGV_BYTES = 1 << 20
+
+
+def dora_argv(xp_dir: Path) -> list[str] | None:
+    """The overrides the XP was launched with (``dora run ARGS``), from its ``.argv.json``;
+    None when there is none or it is not a list of strings (it is read as data, never
+    trusted)."""
+    path = xp_dir / ARGV_FILE
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_ARGV_BYTES:
+            return None
+        argv = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return None
+    return argv
 
 
 def fsdp_shards(path: Path) -> list[Path]:

@@ -40,7 +40,9 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
     assert result.manifest.validation.level == "load"
     saved = OmegaConf.load(tmp_path / "rel" / "export_config.yaml")
     assert saved.defaults[1] == {"input": "checkpoint"}
-    assert saved.input.path == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
+    # a re-run finds the Dora dir through AudioCraft's own variable, else from the current folder
+    assert OmegaConf.to_container(saved)["input"]["path"] == (
+        "${oc.env:AUDIOCRAFT_DORA_DIR,.}" f"/xps/{musicgen_ckpt.parent.name}/checkpoint.th")
     assert "hydra" not in saved  # the app's settings come by name, nothing of this run
 
 
@@ -58,7 +60,8 @@ def test_saved_config_composes_the_apps_hydra_settings(job_config, compose_confi
         assert got[key] == want[key], key
     assert (got["job"]["name"], got["job"]["chdir"]) == ("export_app", False)
     assert rerun.hydra.job_logging.handlers.console.stream == "ext://sys.stderr"
-    assert rerun.input.path == f"xps/{musicgen_ckpt.parent.name}/checkpoint.th"
+    # without AUDIOCRAFT_DORA_DIR, the recorded path resolves from the current folder
+    assert rerun.input.path == f"./xps/{musicgen_ckpt.parent.name}/checkpoint.th"
     assert rerun.validate.level == "none"
 
 
@@ -68,9 +71,10 @@ def test_no_arguments_runs_the_demo_end_to_end(tmp_path):
     release = tmp_path / "run" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
     assert proc.stdout.strip().splitlines()[-1] == str(release)
     assert sorted(p.name for p in release.iterdir()) == [
-        "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
+        "README.md", "compression_state_dict.bin", "export.json", "export_config.yaml",
+        "samples", "state_dict.bin", "training_curves.png"]
     manifest = json.loads((release / "export.json").read_text())
-    assert manifest["source"]["path"].startswith(str(tmp_path / "run" / "demo_dora" / "xps"))
+    assert manifest["source"]["path"].startswith("xps/")  # relative to the demo's Dora dir
     assert manifest["compression"]["reference"].startswith("//sig/")
     assert_validated(manifest, FULL_CHECKS)
     assert manifest["config"]["validate"]["level"] == "full"
@@ -164,7 +168,7 @@ def test_multirun_sweeps_over_checkpoints(musicgen_ckpt, fsdp_ckpt, tmp_path):
                                        (fsdp_ckpt, "fsdp_best_state")]):
         release = tmp_path / "sweep" / str(job) / ckpt.parent.name
         manifest = json.loads((release / "export.json").read_text())
-        assert manifest["source"]["path"] == str(ckpt)
+        assert manifest["source"]["path"] == f"xps/{ckpt.parent.name}/checkpoint.th"
         assert_same_state(release_state(release / "state_dict.bin"),
                           torch_load(ckpt)[key]["model"])
         assert (tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml").exists()

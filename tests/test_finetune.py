@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -122,3 +123,15 @@ def test_finetuning_starts_from_the_release_weights(real_xps, release, tmp_path)
     assert_same_state(trained["best_state"]["model"], shipped)  # kept in autocast's bfloat16
     assert trained["history"][0]["train"]["lr"] == 0
     assert all(s["step"] == 2 for s in trained["optimizer"]["state"].values())  # it did update
+
+
+def test_the_model_card_publishes_the_tested_command(real_xps, release):
+    """The card's command, with the shell's $PWD filled in as it would be in the folder
+    holding the release, is the one finetune_command builds from the XP's own argv: the
+    command the tests above run (less their shortening of the training)."""
+    card = (release / "README.md").read_text()
+    [line] = [line for line in card.splitlines() if line.startswith("dora -P audiocraft run ")]
+    xp = real_xps["xps"]["musicgen"]
+    words = shlex.split(line.replace("$PWD", str(release.parent)))
+    assert words == ["dora", "-P", "audiocraft", "run",
+                     *finetune_command(str(release), xp["solver"], xp["overrides"])]
