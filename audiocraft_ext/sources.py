@@ -112,9 +112,11 @@ def xps_summary(dora_dir: Path, near: str | None = None) -> str:
     if len(sigs) <= LISTED_XPS:
         return f"{count}: {', '.join(sigs)}"
     if near is None:
-        return f"{count}: {', '.join(sigs[:LISTED_XPS])}, ..."
-    closest = difflib.get_close_matches(near, sigs, n=LISTED_XPS, cutoff=0)
-    return f"{count}; closest: {', '.join(closest)}"
+        shown_sigs = f"{count}: {', '.join(sigs[:LISTED_XPS])}, ..."
+    else:
+        closest = difflib.get_close_matches(near, sigs, n=LISTED_XPS, cutoff=0)
+        shown_sigs = f"{count}; closest: {', '.join(closest)}"
+    return f"{shown_sigs}; mode=list shows them all"
 
 
 def _dora_dir_mistake(path: Path) -> str | None:

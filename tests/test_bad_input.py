@@ -81,15 +81,15 @@ SIGS = ("fe734bf7", "fe734bf8", "0a1b2c3d", "99887766")
 
 
 @pytest.mark.parametrize("sigs, found", slow_after_first([
-    (SIGS, "4 XPs; closest: fe734bf8, fe734bf7, "),
-    (SIGS[:2], "2 XPs: fe734bf7, fe734bf8"),
-    ((), "it holds no XP"),
+    (SIGS, "4 XPs; closest: fe734bf8, fe734bf7, 99887766; mode=list shows them all)"),
+    (SIGS[:2], "2 XPs: fe734bf7, fe734bf8)"),
+    ((), "it holds no XP)"),
 ]))
 def test_unknown_signature_names_the_closest(tmp_path, sigs, found):
     dora = _dora_dir(tmp_path, *sigs)
     _rejected(tmp_path, "input=xp", f"input.dora_dir={dora}", "input.sig=fe734bf",
               message=rf"no XP 'fe734bf' in {re.escape(str(dora / 'xps'))} "
-                      rf"\({re.escape(found)}")
+                      rf"\({re.escape(found)}$")
 
 
 @pytest.mark.parametrize("where, option", slow_after_first([
@@ -101,7 +101,7 @@ def test_path_at_a_dora_dir_gives_the_command(tmp_path, where, option):
     _rejected(tmp_path, option, f"input.path={tmp_path / where}",
               message=rf"{re.escape(str(tmp_path / where))} {what}: use input=xp "
                       rf"input.dora_dir={re.escape(str(dora))} input.sig=SIG \(4 XPs: "
-                      rf"0a1b2c3d, 99887766, fe734bf7, \.\.\.\)$")
+                      rf"0a1b2c3d, 99887766, fe734bf7, \.\.\.; mode=list shows them all\)$")
 
 
 @pytest.mark.slow
