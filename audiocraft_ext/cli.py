@@ -15,10 +15,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import ExportError
+from .guidance import explain
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -26,6 +28,13 @@ register_configs()
 # Emitted by audiocraft's EnCodec on every build; says nothing about the export.
 warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
 logger = logging.getLogger("export_app")
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+# The user's own HYDRA_FULL_ERROR while main() sets it for Hydra; the environment carries it
+# to the jobs of a launcher's worker processes too.
+USERS_FULL_ERROR = "AUDIOCRAFT_EXT_USERS_HYDRA_FULL_ERROR"
+# Hydra's default job_logging format, which the job's own error lines have.
+LINE_FORMAT = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
 
 
 # What the AudioCraft environment must hold (not pip dependencies: see requirements/runtime.txt).
@@ -46,9 +55,46 @@ def _check_environment() -> None:
                               f"{name} >= {'.'.join(map(str, minimum))}")
 
 
+def main() -> None:
+    """The command: Hydra's app, with the mistakes Hydra finds while composing the config
+    explained in one line (HYDRA_FULL_ERROR=1 keeps Hydra's own report)."""
+    if os.environ.get(FULL_ERROR) == "1":
+        export_app()
+        return
+    # Hydra re-raises composition errors instead of printing them when HYDRA_FULL_ERROR=1;
+    # the job gives the user's own setting back as soon as it starts (_give_back_full_error).
+    os.environ[USERS_FULL_ERROR] = os.environ.get(FULL_ERROR, "")
+    os.environ[FULL_ERROR] = "1"
+    try:
+        export_app()
+    except HydraException as exc:
+        _report(explain(exc, CONF_DIR))
+        sys.exit(1)
+    finally:
+        _give_back_full_error()
+
+
+def _give_back_full_error() -> None:
+    """Restore the user's HYDRA_FULL_ERROR, if main() set it (once composition is done)."""
+    users = os.environ.pop(USERS_FULL_ERROR, None)
+    if users is None:
+        return
+    if users:
+        os.environ[FULL_ERROR] = users
+    else:
+        os.environ.pop(FULL_ERROR, None)
+
+
+def _report(message: str) -> None:
+    """One error line as the job's own are written (Hydra has not set up logging yet)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, (), None)
+    sys.stderr.write(LINE_FORMAT.format(record) + "\n")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def main(cfg: DictConfig) -> str | None:
+def export_app(cfg: DictConfig) -> str | None:
     """Export (or inspect) the checkpoint the composed config designates; print the release."""
+    _give_back_full_error()  # from here on, Hydra and the app see the user's own setting
     try:
         _check_environment()
         from .app import run_job  # imports torch: kept out of --help and --cfg
@@ -56,7 +102,7 @@ def main(cfg: DictConfig) -> str | None:
         result = run_job(cfg)
     except ExportError as exc:
         # One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) shows the chain.
-        logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
+        logger.error("%s", exc, exc_info=os.environ.get(FULL_ERROR) == "1")
         sys.exit(1)
     if result is None:  # mode=inspect or list, or a failed job of a multirun (in its summary)
         return None

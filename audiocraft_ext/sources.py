@@ -3,6 +3,7 @@ checkpoint file to export."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ SIG_PREFIX = "//sig/"
 PRETRAINED_PREFIX = "//pretrained/"
 _RANK_SHARD = re.compile(r"^(?P<base>.+\.th)\.(?P<rank>\d+)$")
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LISTED_XPS = 3  # signatures named in a message about a Dora dir
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,49 @@ def resolve_signature(sig: str, dora_dir: str | Path | None, epoch: int | None =
                           "or AUDIOCRAFT_DORA_DIR to the folder holding xps/")
     xp_dir = root / "xps" / sig
     if not xp_dir.is_dir():
-        raise ExportError(f"no XP {shown(sig)} in {root / 'xps'}")
+        raise ExportError(f"no XP {shown(sig)} in {root / 'xps'} ({xps_summary(root, sig)})")
     return resolve_checkpoint(xp_dir, epoch)
+
+
+def xps_summary(dora_dir: Path, near: str | None = None) -> str:
+    """How many XPs ``dora_dir/xps`` holds and a few signatures: the closest to ``near``."""
+    xps = dora_dir / "xps"
+    if not xps.is_dir():
+        return "no such folder"
+    sigs = sorted(p.name for p in xps.iterdir() if p.is_dir())
+    if not sigs:
+        return "it holds no XP"
+    count = f"{len(sigs)} XP{'s' * (len(sigs) != 1)}"
+    if len(sigs) <= LISTED_XPS:
+        return f"{count}: {', '.join(sigs)}"
+    if near is None:
+        shown_sigs = f"{count}: {', '.join(sigs[:LISTED_XPS])}, ..."
+    else:
+        closest = difflib.get_close_matches(near, sigs, n=LISTED_XPS, cutoff=0)
+        shown_sigs = f"{count}; closest: {', '.join(closest)}"
+    return f"{shown_sigs}; mode=list shows them all"
+
+
+def _dora_dir_mistake(path: Path) -> str | None:
+    """The command to use when ``path`` is a Dora dir or its xps/ folder, not an XP."""
+    if path.name == "xps" and path.is_dir():
+        dora_dir = path.parent
+        hint = f"the xps/ folder of the Dora dir {dora_dir}"
+    elif (path / "xps").is_dir():
+        dora_dir = path
+        hint = "a Dora dir (it holds xps/)"
+    else:
+        return None
+    return (f"{path} is {hint}: use input=xp input.dora_dir={dora_dir} input.sig=SIG "
+            f"({xps_summary(dora_dir)})")
+
+
+def _resolve_path(path: str, epoch: int | None = None) -> CheckpointSource:
+    """``input.path``: a checkpoint file or an XP folder; a Dora dir gets the right command."""
+    mistake = _dora_dir_mistake(Path(path).expanduser())
+    if mistake:
+        raise ExportError(mistake)
+    return resolve_checkpoint(path, epoch)
 
 
 def resolve_input(spec: InputConfig) -> CheckpointSource:
@@ -128,12 +171,12 @@ def resolve_input(spec: InputConfig) -> CheckpointSource:
                     spec.dora_dir)
         return resolve_checkpoint(write_demo_xps(spec.dora_dir))
     if isinstance(spec, CheckpointInput):
-        return resolve_checkpoint(spec.path)
+        return _resolve_path(spec.path)
     if isinstance(spec, XPInput):
         if spec.path and spec.sig:
             raise ExportError("input=xp takes input.sig=SIG or input.path=XP_FOLDER, not both")
         if spec.path:
-            return resolve_checkpoint(spec.path, spec.epoch)
+            return _resolve_path(spec.path, spec.epoch)
         if spec.sig:
             return resolve_signature(spec.sig, spec.dora_dir, spec.epoch)
         raise ExportError("input=xp needs input.sig=SIG (with input.dora_dir=DIR or "

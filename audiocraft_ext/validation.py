@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ from .safe_load import load_checkpoint
 from .samples import Clip
 from .states import StateDict
 from .torch_zip import WrittenZip
-from .xp_config import needed_value
+from .xp_config import needed_value, raw_value
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _run_checks(release_dir: Path, load_dir: Path, lm_cfg: DictConfig, lm_state:
     _import_audiocraft()
     from audiocraft.models import loaders
 
-    with lean_loading():
+    with lean_loading(), _text_encoder_explained(lm_cfg):
         if not full:
             _check_loaders(loaders, load_dir, lm_state, compression, family, settings, checks,
                            report)
@@ -489,6 +490,51 @@ def _load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
             "hub on first use: run where the hub or its cache (HF_HOME) is reachable, or "
             f"validate offline with {setting('validate.compression_model', '<local copy>')}"
             ) from exc
+
+
+@contextmanager
+def _text_encoder_explained(lm_cfg: DictConfig) -> Iterator[None]:
+    """Explain a check that failed because the LM's T5 text encoder, which audiocraft builds
+    with the LM, could not be loaded here (offline, not in the cache)."""
+    try:
+        yield
+    except ExportError as exc:
+        cause = exc.__cause__
+        t5 = _t5_conditioners(lm_cfg)
+        # transformers says "cannot load" with an OSError (on 4.x without its cause)
+        from audiocraft.modules.conditioners import T5Conditioner
+
+        if not t5 or cause is None or not _raised_in(cause, T5Conditioner.__init__.__code__) \
+                or not (isinstance(cause, OSError) or _from_the_network(cause)):
+            raise
+        needs = ", ".join(f"{shown(model)} (text conditioner {shown(name)})"
+                          for name, model in t5.items())
+        raise ExportError(
+            f"validation cannot build the LM: it needs the T5 model {needs}, which transformers "
+            f"could not load here ({type(cause).__name__}); T5 comes from the Hugging Face Hub "
+            "or a local cache (HF_HOME; HF_HUB_OFFLINE=1 reads only the cache): run where "
+            "either holds it, or use validate=none, the one level that does "
+            "not build the LM") from exc
+
+
+def _t5_conditioners(lm_cfg: DictConfig) -> dict[str, str]:
+    """The LM's T5 conditioners (xp.cfg's ``conditioners``): name -> T5 model name."""
+    conditioners = raw_value(lm_cfg, "conditioners")
+    if not isinstance(conditioners, DictConfig):
+        return {}
+    names = [str(name) for name in conditioners]
+    return {name: str(raw_value(lm_cfg, f"conditioners.{name}.t5.name", "?")) for name in names
+            if raw_value(lm_cfg, f"conditioners.{name}.model") == "t5"}
+
+
+def _raised_in(exc: BaseException, code: CodeType) -> bool:
+    """Whether ``exc`` passed through the function whose code is ``code`` on its way up."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # Failures to reach the hub, by class name (huggingface_hub, requests, urllib3 and httpx are

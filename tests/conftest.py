@@ -116,6 +116,18 @@ def no_best_ckpt(derived_ckpt) -> Path:
 
 
 @pytest.fixture(scope="session")
+def t5_ckpt(derived_ckpt) -> Path:
+    """The MusicGen XP with its text conditioner changed to T5 't5-base' in xp.cfg (the state
+    no longer matches: building the LM, which loads T5 through transformers, fails first)."""
+    def edit(pkg: dict) -> None:
+        with open_dict(pkg["xp.cfg"]):
+            pkg["xp.cfg"].conditioners.description = {
+                "model": "t5", "t5": {"name": "t5-base", "finetune": False,
+                                      "word_dropout": 0.0, "normalize_text": False}}
+    return derived_ckpt("t5", edit)
+
+
+@pytest.fixture(scope="session")
 def real_xps() -> dict:
     """XPs written by audiocraft's own training entry point (`dora run` on CPU): an EnCodec
     XP, MusicGen (with epoch checkpoints), MusicGen with EMA, AudioGen (and its 16 kHz

@@ -1,6 +1,8 @@
 """Bad input: each case exits 1 with one readable line on stderr and changes nothing at the
 destination. Every case runs the real app in a fresh process (about two seconds): `make
-test-fast` keeps a missing file and a malicious pickle, `make test` runs them all."""
+test-fast` keeps the first case of each family (a mistake in the command, an unknown
+signature, a Dora dir as input.path, a missing file, a malicious pickle), `make test` runs them
+all."""
 
 import fcntl
 import importlib
@@ -37,6 +39,86 @@ from helpers import (
     slow_after_first,
     torch_load,
 )
+
+
+# --- mistakes in the command ---------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", slow_after_first([
+    (("input.sig=abc",), r"input.sig belongs to input=xp \(not input=demo\): add input=xp$"),
+    (("input=xp", "input.sgi=abc"), r"no key input.sgi in input=xp; did you mean input.sig\?$"),
+    (("input=xpp",), r"no option input=xpp \(options: checkpoint, demo, xp\); did you mean "
+                     r"input=xp\?$"),
+    # a mistake without guidance of ours: Hydra's own words, in one line
+    (("validate.duration=long",), r"Error merging override validate.duration=long; Value 'long' "
+                                  r"of type 'str' could not be converted to Float$"),
+    (("-m", "input.sgi=a,b"), r"no key input.sgi in input=demo; did you mean input.sig \(with "
+                              r"input=xp\)\?$"),
+    (("--cfg", "job", "input.sig=abc"), r"input.sig belongs to input=xp"),
+]))
+def test_composition_mistake_is_one_line_with_the_fix(tmp_path, overrides, message):
+    _rejected(tmp_path, *overrides, message=message)
+
+
+@pytest.mark.slow
+def test_hydra_full_error_keeps_hydras_report_of_a_composition_mistake(tmp_path):
+    proc = run_app("input.sig=abc", cwd=tmp_path, env={**app_env(), "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and error_lines(proc.stderr) == []
+    assert "Traceback" in proc.stderr
+    assert "hydra.errors.ConfigCompositionException: Could not override 'input.sig'." \
+        in proc.stderr
+    assert "Key 'sig' not in 'DemoInput'" in proc.stderr
+
+
+def _dora_dir(tmp_path: Path, *sigs: str) -> Path:
+    """A Dora dir whose xps/ holds (empty) XP folders named ``sigs``."""
+    xps = tmp_path / "dora" / "xps"
+    xps.mkdir(parents=True)
+    for sig in sigs:
+        (xps / sig).mkdir()
+    return xps.parent
+
+
+SIGS = ("fe734bf7", "fe734bf8", "0a1b2c3d", "99887766")
+
+
+@pytest.mark.parametrize("sigs, found", slow_after_first([
+    (SIGS, "4 XPs; closest: fe734bf8, fe734bf7, 99887766; mode=list shows them all)"),
+    (SIGS[:2], "2 XPs: fe734bf7, fe734bf8)"),
+    ((), "it holds no XP)"),
+]))
+def test_unknown_signature_names_the_closest(tmp_path, sigs, found):
+    dora = _dora_dir(tmp_path, *sigs)
+    _rejected(tmp_path, "input=xp", f"input.dora_dir={dora}", "input.sig=fe734bf",
+              message=rf"no XP 'fe734bf' in {re.escape(str(dora / 'xps'))} "
+                      rf"\({re.escape(found)}$")
+
+
+@pytest.mark.parametrize("where, option", slow_after_first([
+    ("dora", "input=xp"), ("dora/xps", "input=checkpoint")]))
+def test_path_at_a_dora_dir_gives_the_command(tmp_path, where, option):
+    dora = _dora_dir(tmp_path, *SIGS)
+    what = (r"is a Dora dir \(it holds xps/\)" if where == "dora"
+            else rf"is the xps/ folder of the Dora dir {re.escape(str(dora))}")
+    _rejected(tmp_path, option, f"input.path={tmp_path / where}",
+              message=rf"{re.escape(str(tmp_path / where))} {what}: use input=xp "
+                      rf"input.dora_dir={re.escape(str(dora))} input.sig=SIG \(4 XPs: "
+                      rf"0a1b2c3d, 99887766, fe734bf7, \.\.\.; mode=list shows them all\)$")
+
+
+@pytest.mark.slow
+def test_t5_that_cannot_be_fetched_names_it_and_the_way_out(tmp_path, t5_ckpt):
+    # offline, with an empty cache: what a machine without the Hub sees, without its retries
+    offline = app_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    for level in ("full", "load"):  # both build the LM, hence its T5
+        _rejected(tmp_path, *_input(t5_ckpt), f"validate={level}", env=offline,
+                  message=r"validation cannot build the LM: it needs the T5 model 't5-base' "
+                          r"\(text conditioner 'description'\), which transformers could not "
+                          r"load here \(OSError\); T5 comes from the Hugging Face Hub or a local "
+                          r"cache \(HF_HOME; HF_HUB_OFFLINE=1 reads only the cache\): run where "
+                          r"either holds it, or use validate=none, the one level that does not "
+                          r"build the LM$")
+    run_app(*_input(t5_ckpt), "validate=none", f"output.dir={tmp_path / 'rel'}",
+            f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, env=offline, check=True)
+    assert (tmp_path / "rel" / "state_dict.bin").exists()
 
 
 # --- files that are not checkpoints ---------------------------------------------------------

@@ -5,6 +5,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from audiocraft_ext import config as schemas
+from audiocraft_ext.guidance import explain, group_options
+
+from helpers import ROOT
 
 
 def test_defaults(compose_config):
@@ -66,3 +69,30 @@ def test_list_mode_composes_onto_its_schema(compose_config):
                                                                releases="rel")
     assert compose_config().list == schemas.ListConfig()  # defaults: by sig, a table
 
+
+@pytest.mark.parametrize("override, explained", [
+    ("input.sig=abc", "input.sig belongs to input=xp (not input=demo): add input=xp"),
+    ("input.path=x", "input.path belongs to input=checkpoint or input=xp (not input=demo): add "
+                     "input=checkpoint or input=xp"),
+    ("compression.path=x", "compression.path belongs to compression=checkpoint (not "
+                           "compression=auto): add compression=checkpoint"),
+    ("input.sgi=abc", "no key input.sgi in input=demo; did you mean input.sig (with input=xp)?"),
+    ("state.last_kk=2", "no key state.last_kk in state; did you mean state.last_k?"),
+    ("input.zzz=1", "no key input.zzz in input=demo; its keys: input.trust, input.dora_dir"),
+    ("outptu.dir=x", "no key outptu; did you mean output?"),
+    ("inspect.jsn=true", "no key inspect.jsn; did you mean inspect.json?"),
+    ("state=bets", "no option state=bets (options: auto, average, best, ema, fsdp_best, last); "
+                   "did you mean state=best?"),
+    ("state.select=newest", "Error merging override state.select=newest; Invalid value 'newest', "
+                            "expected one of [auto, fsdp_best, best, last, ema, average]"),
+])
+def test_composition_mistakes_are_explained(compose_config, override, explained):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(override)
+    assert explain(info.value, ROOT / "conf") == explained
+
+
+def test_the_groups_options_and_their_schemas():
+    assert group_options(ROOT / "conf" / "input") == {
+        "checkpoint": schemas.CheckpointInput, "demo": schemas.DemoInput, "xp": schemas.XPInput}
+    assert set(group_options(ROOT / "conf" / "state").values()) == {schemas.StateConfig}
