@@ -302,7 +302,7 @@ def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
     _rejected(tmp_path, *args, env=offline,
               message=r"the release points at the pretrained compression model "
                       r"'facebook/encodec_32khz', which could not be fetched here .* validate "
-                      r"offline with validate.compression_model=<local copy of that model>$")
+                      r"offline with validate.compression_model=<local copy>$")
     # the documented way out: validate with a local copy, still ship the pointer
     local = tmp_path / "local"
     run_app(*_input(musicgen_ckpt), f"output.dir={local}", "validate=none",
@@ -404,6 +404,7 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
             check=True)
     assert not staging.exists()
     assert sorted(p.name for p in dest.iterdir()) == [
-        "compression_state_dict.bin", "export.json", "export_config.yaml", "state_dict.bin"]
+        "README.md", "compression_state_dict.bin", "export.json", "export_config.yaml",
+        "state_dict.bin", "training_curves.png"]
     config = OmegaConf.create(json.loads((dest / "export.json").read_text())["config"])
     assert config.validate.level == "load"

@@ -73,7 +73,8 @@ def test_manifest(release, musicgen_ckpt):
                               "versions", "config", "validation", "timings", "model",
                               "training", "samples", "curves", "license", "record_paths",
                               "paths_recorded"]
-    assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig"}
+    assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig",
+                                       "argv", "solver_config"}
     assert set(manifest["state"]) == {"selected", "key", "dtype", "tensors", "parameters",
                                       "dtypes", "bytes"}  # "members" only for state=average
     assert set(manifest["compression"]) == {"reference", "pretrained", "source", "key",

@@ -63,8 +63,9 @@ def test_model_card_front_matter_and_facts(release, musicgen_ckpt):
         assert f"sha256 `{sha256_of(release / name)}`" in card
         assert manifest["files"][name]["sha256"] == sha256_of(release / name)
     assert f'MusicGen.get_pretrained("{release.name}")' in card
-    assert (f"continue_from=//pretrained/{release.name} compression_model_checkpoint="
-            f"//pretrained/{release.name}/compression_state_dict.bin") in card
+    # absolute through the shell's $PWD: audiocraft's training runs in its own XP folder
+    assert (f"continue_from=//pretrained/$PWD/{release.name} compression_model_checkpoint="
+            f"//pretrained/$PWD/{release.name}/compression_state_dict.bin") in card
     for check in ("lm_file", "compression_file", "get_pretrained", "generate"):
         assert f"- `{check}`" in card
     assert "![Training curves](training_curves.png)" in card
