@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from .config import ExportConfig, Mode, RecordPaths
+from .config import CONF_DIR, ExportConfig, Mode, RecordPaths
 from .errors import ExportError, command_line_messages, first_line
 from .exporter import ExportResult, export_release
 from .recorded_paths import PathRecorder
@@ -77,9 +77,23 @@ def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
     ``recorder`` says."""
     choices = HydraConfig.get().runtime.choices
     values = recorder.values(_plain_config(cfg))
+    for group in GROUPS:
+        # what the chosen option's own file sets (validate/load.yaml: level) is left to it, so
+        # that a re-run with another option of the group (validate=none) takes that option's
+        for key, value in _option_values(group, choices[group]).items():
+            if values.get(group, {}).get(key) == value:
+                del values[group][key]
     defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), HYDRA_SETTINGS,
                 "_self_"]
     return OmegaConf.create({"defaults": defaults, **values})
+
+
+def _option_values(group: str, option: str) -> dict[str, Any]:
+    """The values a group option's YAML file sets itself (its defaults list aside)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    content = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    assert isinstance(content, dict)  # an option file is a mapping
+    return {str(k): v for k, v in content.items() if k != "defaults"}
 
 
 def run(cfg: DictConfig) -> ExportResult | None:

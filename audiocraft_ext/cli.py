@@ -11,9 +11,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import warnings
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import NoReturn
 
 import hydra
@@ -21,11 +21,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from . import __version__
-from .config import register_configs
+from .config import CONF_DIR, register_configs
 from .errors import ExportError
 from .guidance import explain
-
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 register_configs()
 # Emitted by audiocraft's EnCodec on every build; says nothing about the export.
@@ -80,19 +78,20 @@ def _main() -> None:
     try:
         export_app()
     except HydraException as exc:
-        _report(explain(exc, CONF_DIR))
+        _report(explain(exc, str(CONF_DIR)))
         sys.exit(1)
     finally:
         _give_back_full_error()
 
 
 def _exit(code: int | str | None) -> NoReturn:
-    """Exit once everything is written: run the exit handlers (logging's flush among them),
-    flush stdout and stderr, then end the process without tearing down the interpreter, which
-    takes ~2 s after torch and audiocraft were imported and frees nothing the system would not.
-    Every release file was fsync'ed before it was published."""
-    # CPython's own runner of the atexit handlers (private, in every CPython 3): what the
-    # interpreter would run at exit, in the same order
+    """Exit as the interpreter does, up to its teardown: join the other threads and run what
+    they registered (a launcher's worker pool), run the atexit handlers (logging's flush
+    among them), flush stdout and stderr; then end the process without tearing the
+    interpreter down, which takes ~2 s once torch and audiocraft are imported and frees
+    nothing the system would not. Every release file was fsync'ed before it was published."""
+    # CPython's own first steps of Py_FinalizeEx, in its order (private, stable in CPython 3)
+    threading._shutdown()  # type: ignore[attr-defined]  # private: not in typeshed
     atexit._run_exitfuncs()
     if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
         sys.stderr.write(code + "\n")
@@ -119,7 +118,7 @@ def _report(message: str) -> None:
     sys.stderr.write(LINE_FORMAT.format(record) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def export_app(cfg: DictConfig) -> str | None:
     """Export (or inspect) the checkpoint the composed config designates; print the release."""
     _give_back_full_error()  # from here on, Hydra and the app see the user's own setting

@@ -6,9 +6,14 @@ value of the wrong type fails at composition time, before any file is read.
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# The YAML options of each group: the package's conf/ (in a checkout, a link to the top-level
+# conf/), found from any working directory.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class StateChoice(str, Enum):

@@ -63,6 +63,12 @@ def test_saved_config_composes_the_apps_hydra_settings(job_config, compose_confi
     # without AUDIOCRAFT_DORA_DIR, the recorded path resolves from the current folder
     assert rerun.input.path == f"./xps/{musicgen_ckpt.parent.name}/checkpoint.th"
     assert rerun.validate.level == "none"
+    # another option of a group takes effect: the saved values leave its own keys to it
+    with initialize_config_dir(str(tmp_path / "rel"), version_base="1.3"):
+        other = compose("export_config", overrides=[
+            f"hydra.searchpath=[file://{ROOT / 'conf'}]", "validate=load", "state=last"])
+    assert (other.validate.level, other.state.select) == ("load", "last")
+    assert other.validate.duration == rerun.validate.duration
 
 
 @pytest.mark.slow
