@@ -4,7 +4,9 @@
 Every checkpoint is written by audiocraft's own solvers through its real training entry point
 (`dora -P audiocraft run ...`), run from an extracted audiocraft 1.3.0 sdist (the installed
 wheel-less package has no `config/` tree). Data is synthetic and generated here; nothing
-downloads model weights (the text conditioner is the LUT one with the `noop` tokenizer).
+downloads model weights: the text conditioner is the LUT one with the `noop` tokenizer, or, for
+the `*_t5` XPs, T5 `t5-small` served offline from the tiny T5 that scripts/tiny_t5.py builds
+into a Hugging Face cache folder (the children get HF_HOME pointing at it).
 
     python scripts/train_fixtures.py [--out DIR] [--only NAME ...] [--force]
 
@@ -12,6 +14,7 @@ Run it with the python of a venv that holds audiocraft 1.3.0, its import deps an
 `imageio-ffmpeg` (or have an `ffmpeg` on PATH). The result is DIR/fixtures.json:
 
     {"audiocraft": "1.3.0", "script_sha256": ..., "dora_dir": ...,
+     "hf_home": <tiny T5 cache folder or null>,
      "xps": {"encodec": {"sig", "checkpoint", "seconds", "solver", "overrides", ...}, ...}}
 
 It is a cache: when DIR/fixtures.json was written by this very script file (same sha256) for
@@ -68,6 +71,12 @@ BF16 = ["autocast=true", "autocast_dtype=bfloat16"]
 SHORT_GEN = ["generate.lm.gen_duration=4", "generate.lm.prompt_duration=1"]
 # compression/debug shrunk to the LM's card (400) and codebook count (4).
 RVQ = ["rvq.n_q=4", "rvq.bins=400"]
+# The layout transformers' Musicgen can represent: a power-of-two codebook (its EncodecModel
+# refuses 400), the delay pattern (the debug configs use parallel) and T5 text (the debug
+# configs' t5-small, served by the tiny T5). float32: no autocast.
+RVQ512 = ["rvq.n_q=4", "rvq.bins=512"]
+T5_DELAY = ["conditioners.description.model=t5", "conditioners.description.t5.name=t5-small",
+            "transformer_lm.card=512", "codebooks_pattern.modeling=delay"]
 
 # name -> (solver, dependencies, overrides). "{sig:NAME}" is replaced by NAME's signature.
 XPS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -88,6 +97,18 @@ XPS: dict[str, tuple[str, list[str], list[str]]] = {
     "audiogen": ("audiogen/debug", ["encodec16"], [
         "dset=audio/fixtures_sounds16", "compression_model_checkpoint=//sig/{sig:encodec16}",
         *LUT, "dataset.segment_duration=5", *BF16]),
+    # The same two EnCodecs with 512 bins, and T5-conditioned, delay-pattern LMs on them.
+    "encodec512": ("compression/debug", [], [
+        "dset=audio/fixtures_music32", "sample_rate=32000", "seanet.ratios=[8,5,4,4]",
+        *RVQ512]),
+    "encodec16_512": ("compression/debug", [], [
+        "dset=audio/fixtures_sounds16", "sample_rate=16000", *RVQ512]),
+    "musicgen_t5": ("musicgen/debug", ["encodec512"], [
+        "dset=audio/fixtures_music32", "compression_model_checkpoint=//sig/{sig:encodec512}",
+        *T5_DELAY, "dataset.segment_duration=30", *SHORT_GEN]),
+    "audiogen_t5": ("audiogen/debug", ["encodec16_512"], [
+        "dset=audio/fixtures_sounds16", "compression_model_checkpoint=//sig/{sig:encodec16_512}",
+        *T5_DELAY, "dataset.segment_duration=5"]),
     "magnet": ("magnet/magnet_32khz", ["encodec"], [
         "dset=audio/fixtures_music32", "compression_model_checkpoint=//sig/{sig:encodec}",
         *LUT, "model/lm/model_scale=xsmall", "transformer_lm.card=400",
@@ -96,6 +117,8 @@ XPS: dict[str, tuple[str, list[str], list[str]]] = {
         "generate.lm.decoding_steps=[4,2,2,2]"]),
 }
 DEFAULT_SET = list(XPS)
+# XPs whose training loads T5 (through transformers, by name, from HF_HOME)
+T5_XPS = {name for name, (_s, _d, ovs) in XPS.items() if T5_DELAY[0] in ovs}
 
 # Synthetic data sets: name -> (sample rate, dset yaml name, kind of sidecar).
 DATASETS = {
@@ -221,6 +244,15 @@ def child_env(out: Path, src: Path, bindir: Path) -> dict:
                 "_DORA_GIT_SAVE_DONE"):
         env.pop(var, None)
     return env
+
+
+def tiny_t5_home() -> str:
+    """The HF_HOME folder of the tiny T5 `t5-small` (built by scripts/tiny_t5.py, cached)."""
+    cmd = [sys.executable, str(SCRIPT.parent / "tiny_t5.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail("building the tiny T5 failed:\n" + proc.stderr[-3000:])
+    return proc.stdout.strip().splitlines()[-1]
 
 
 # ---------------------------------------------------------------- data
@@ -429,6 +461,10 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
     src = extract_sdist(get_sdist(), out / "src")
     bindir = ffmpeg_bin_dir(out)
     env = child_env(out, src, bindir)
+    hf_home = previous.get("hf_home") if previous else None
+    if T5_XPS & set(wanted):
+        hf_home = tiny_t5_home()
+        env["HF_HOME"] = hf_home
 
     todo = [n for n in wanted if n not in have]
     by_yaml = {dset_name: ds for ds, (_sr, dset_name, _kind) in DATASETS.items()}
@@ -450,6 +486,7 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
         "python": sys.executable,
         "torch": torch.__version__,
         "dora_dir": env["AUDIOCRAFT_DORA_DIR"],
+        "hf_home": hf_home,
         "sdist_dir": str(src),
         "total_seconds": round(time.time() - t0, 2),
         "xps": {n: xps[n] for n in XPS if n in xps},

@@ -128,10 +128,24 @@ def t5_ckpt(derived_ckpt) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_t5_home() -> Path:
+    """An HF_HOME folder whose hub cache holds a tiny but real T5 named `t5-small` (random
+    weights, a locally trained vocabulary): with HF_HUB_OFFLINE=1 transformers and audiocraft's
+    T5Conditioner load it by name. Built once, then cached by scripts/tiny_t5.py."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_t5.py")],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"building the tiny T5 failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def real_xps() -> dict:
     """XPs written by audiocraft's own training entry point (`dora run` on CPU): an EnCodec
     XP, MusicGen (with epoch checkpoints), MusicGen with EMA, AudioGen (and its 16 kHz
-    EnCodec) and MAGNeT. Trained once, then cached by scripts/train_fixtures.py."""
+    EnCodec), MAGNeT, and the layout transformers can represent: `musicgen_t5` and
+    `audiogen_t5` (T5 `t5-small` from the tiny T5, delay pattern, card 512) on `encodec512`
+    and `encodec16_512`. Trained once, then cached by scripts/train_fixtures.py."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fixtures.py")],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:

@@ -97,7 +97,8 @@ def test_table_has_a_header_and_one_line_per_xp_on_stdout(real_xps, tmp_path):
     assert row[8] == "1,2"
     [encodec] = [r for r in rows if r[0] == real_xps["xps"]["encodec"]["sig"]]
     assert encodec[1] == "compression" and encodec[4] == "sisnr" and encodec[6] == "-"
-    assert "listed 6 XPs" in proc.stderr  # logs on stderr, the table alone on stdout
+    # logs on stderr, the table alone on stdout
+    assert f"listed {len(real_xps['xps'])} XPs" in proc.stderr
 
 
 def test_sort_by_ce_orders_the_lms_by_their_valid_ce(real_xps, tmp_path):
@@ -155,7 +156,7 @@ def test_broken_xps_get_their_line_and_the_others_still_show(real_xps, tmp_path)
     for xp in real_xps["xps"].values():
         assert listed[xp["sig"]]["problems"] == []
         assert listed[xp["sig"]]["parameters"] == _parameters(xp["checkpoint"])
-    assert "8 XPs" in proc.stderr and "2 with a problem" in proc.stderr
+    assert f"{len(real_xps['xps']) + 2} XPs" in proc.stderr and "2 with a problem" in proc.stderr
 
 
 # --- in process, on the demo XPs -------------------------------------------------------------
