@@ -125,7 +125,8 @@ def run(cfg: DictConfig) -> ExportResult | None:
         source, out_dir, state=spec.state, compression=spec.compression,
         validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
         trust=spec.input.trust, samples=spec.output.samples, license=spec.output.license,
-        record_paths=spec.output.record_paths, config=_plain_config(cfg),
+        record_paths=spec.output.record_paths, transformers=spec.output.transformers,
+        text_encoder=spec.output.text_encoder, config=_plain_config(cfg),
         extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
     _log_summary(result)
     return result

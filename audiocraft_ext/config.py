@@ -128,6 +128,10 @@ class OutputConfig:
     # card says so
     license: str | None = None
     record_paths: RecordPaths = RecordPaths.relative
+    # add transformers' format (MusicgenForConditionalGeneration) beside AudioCraft's files
+    transformers: bool = False
+    # a local folder holding the LM's T5 (default: its name, from the Hub or HF_HOME's cache)
+    text_encoder: str | None = None
 
 
 @dataclass

@@ -53,6 +53,8 @@ _SETTINGS = {
     "output.overwrite": ("output.overwrite", "overwrite"),
     "output.record_paths": ("output.record_paths", "record_paths"),
     "input.trust": ("input.trust", "trust"),
+    "output.transformers": ("output.transformers", "transformers"),
+    "output.text_encoder": ("output.text_encoder", "text_encoder"),
     "validate": ("validate", "validate"),
     "validate.compression_model": ("validate.compression_model",
                                    "validate=ValidateConfig(compression_model={})"),

@@ -26,7 +26,7 @@ from .config import (
     ValidateConfig,
     ValidateLevel,
 )
-from .errors import ExportError, shown
+from .errors import ExportError, setting, shown
 from .finetune import solver_config
 from .lazy_tensors import cast_state
 from .manifest import (
@@ -63,6 +63,7 @@ from .sources import CheckpointSource, dora_argv, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .torch_zip import WrittenZip
 from .training_history import curves, summarize_history
+from .transformers_release import prove_release, refusal, write_musicgen_files
 from .validation import (
     FAMILIES,
     import_audiocraft_meanwhile,
@@ -105,6 +106,8 @@ def export_release(
     samples: bool = True,
     license: str | None = None,
     record_paths: RecordPaths | str = RecordPaths.relative,
+    transformers: bool = False,
+    text_encoder: str | None = None,
     config: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str] | None = None,
 ) -> ExportResult:
@@ -131,6 +134,10 @@ def export_release(
         license: the model card's license (a Hugging Face Hub license identifier).
         record_paths: ``relative`` records paths relative to the Dora dir (nothing private);
             ``absolute`` as given, with ``xp.cfg`` exactly as the checkpoint holds it.
+        transformers: add transformers' format (MusicgenForConditionalGeneration files) and,
+            when validating, prove it computes what AudioCraft computes.
+        text_encoder: a local folder of the LM's T5 for ``transformers`` (default: its name,
+            from the Hugging Face Hub or HF_HOME's cache).
         config: the composed configuration, recorded in the manifest.
         extra_files: text files to publish with the release (name -> content).
     Raises:
@@ -181,7 +188,17 @@ def export_release(
                 if shipped is not None:
                     packages[COMPRESSION_FILE] = dict(shipped.package)
             recorded = _record_paths(packages, recorder)
+            compression_cfg = cfg_of_yaml((packages.get(COMPRESSION_FILE) or {}).get("xp.cfg"))
+            if transformers:
+                _refuse_transformers(cfg, packages, compression_only, compression_cfg)
             written = _write(staging, packages)
+            hf_facts = None
+            if transformers:
+                assert shipped is not None and shipped.state is not None and compression_cfg
+                logger.info("writing transformers' format (MusicgenForConditionalGeneration)")
+                hf_facts = write_musicgen_files(staging, cfg, weights, compression_cfg,
+                                                shipped.state, text_encoder)
+                hf_facts["text_encoder"] = recorder.path(hf_facts["text_encoder"])
         manifest = Manifest(
             release=recorder.path(out_dir),
             source=_source_record(source, recorder, solver, sel.xp_sig),
@@ -209,9 +226,13 @@ def export_release(
                         trust=trust)
                 manifest.validation = validate_release(staging, cfg, weights, shipped,
                                                        validate, written, stand_in, clips)
+            if hf_facts is not None and validate.level is not ValidateLevel.none:
+                logger.info("proving transformers' model against AudioCraft's")
+                hf_facts["proof"] = prove_release(staging, cfg, validate.device)
             if manifest.validation.compression_stand_in is not None:
                 manifest.validation.compression_stand_in = recorder.path(
                     manifest.validation.compression_stand_in)
+        manifest.transformers = hf_facts
         manifest.model = _with_validated_frame_rate(manifest)
         if samples:
             _draw(manifest, clips, sel.history, staging)
@@ -268,6 +289,17 @@ def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str
     finally:
         close()
     return files
+
+
+def _refuse_transformers(cfg: DictConfig, packages: Mapping[str, Mapping[str, Any]],
+                         compression_only: bool, compression_cfg: DictConfig | None) -> None:
+    """Before anything is written: one line saying why transformers' format cannot hold it."""
+    problem: str | None = "an EnCodec-only release is not written in transformers' format yet"
+    if not compression_only:
+        problem = refusal(cfg, packages.get(COMPRESSION_FILE), compression_cfg)
+    if problem:
+        raise ExportError("cannot add transformers' format "
+                          f"({setting('output.transformers', True)}): {problem}")
 
 
 def _record_paths(packages: Mapping[str, dict[str, Any]], recorder: PathRecorder) -> list[str]:

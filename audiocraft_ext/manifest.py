@@ -129,6 +129,8 @@ class Manifest:
     license: str | None = None
     record_paths: str = "relative"  # output.record_paths
     paths_recorded: list[str] = field(default_factory=list)  # xp.cfg keys made relative
+    # output.transformers: the model class, its text encoder, files and the equivalence proof
+    transformers: dict[str, Any] | None = None
 
     def main_file(self) -> tuple[str, ReleaseFile]:
         """The LM file, or for an EnCodec-only release its compression model file."""

@@ -40,6 +40,7 @@ def render_model_card(manifest: Manifest) -> str:
     parts = [_front_matter(manifest, is_lm), _title(manifest, is_lm), _license_note(manifest),
              _model_section(manifest, is_lm), _training_section(manifest),
              _samples_section(manifest), _usage_section(manifest, is_lm),
+             _transformers_section(manifest),
              _finetune_section(manifest, is_lm), _provenance_section(manifest),
              _validation_section(manifest)]
     return "\n".join(part for part in parts if part)
@@ -49,7 +50,8 @@ def _front_matter(m: Manifest, is_lm: bool) -> str:
     family = m.source.solver or "unknown"
     text_conditioned = is_lm and m.model is not None and any(
         kind.split()[0] in ("t5", "lut") for kind in m.model.conditioners.values())
-    tags = ["audiocraft", family, *FAMILY_TAGS.get(family, [])]
+    tags = ["audiocraft", family, *FAMILY_TAGS.get(family, []),
+            *(["transformers", "musicgen"] if m.transformers else [])]
     if not is_lm:
         tags += ["encodec", "audio-tokenizer"]
     lines = ["---", "library_name: audiocraft"]
@@ -181,6 +183,33 @@ def _usage_section(m: Manifest, is_lm: bool) -> str:
                 "wav = model.generate_unconditional(1)"]
     return "\n".join(["## Use it\n", "With AudioCraft installed:", "", "```python", *code,
                       "```", ""])
+
+
+def _transformers_section(m: Manifest) -> str:
+    hf = m.transformers
+    if hf is None:
+        return ""
+    folder = m.release
+    lines = ["## Use it with 🤗 transformers\n",
+             "This folder is also a `MusicgenForConditionalGeneration` (text encoder "
+             f"`{hf['text_encoder']}`):", "", "```python",
+             "from transformers import AutoProcessor, MusicgenForConditionalGeneration", "",
+             f'processor = AutoProcessor.from_pretrained("{folder}")',
+             f'model = MusicgenForConditionalGeneration.from_pretrained("{folder}")',
+             'inputs = processor(text=["warm lo-fi piano with soft drums"], '
+             'return_tensors="pt")',
+             "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
+    proof = hf.get("proof")
+    if proof:
+        lines += [
+            "Proven equal to AudioCraft's model when exported (float32): decoder logits differ "
+            f"by at most {proof['lm_logits_max_abs_diff']:.2g}, EnCodec decoding by "
+            f"{proof['encodec_decode_max_abs_diff']:.2g}, encoding gives "
+            f"{proof['encodec_encode_identical_codes']:.0%} identical codes, and greedy "
+            f"decoding {proof['greedy_identical_frames']} of {proof['greedy_frames']} "
+            "identical frames; `pipeline(\"text-to-audio\")` produces audio at "
+            f"{proof['pipeline_sampling_rate']} Hz.", ""]
+    return "\n".join(lines)
 
 
 def _finetune_section(m: Manifest, is_lm: bool) -> str:

@@ -31,6 +31,13 @@ MODEL_CARD_FILE = "README.md"  # the Hugging Face Hub renders it as the model ca
 CURVES_FILE = "training_curves.png"
 RELEASE_FILES = frozenset({LM_FILE, COMPRESSION_FILE, MANIFEST_FILE, CONFIG_FILE,
                            MODEL_CARD_FILE, CURVES_FILE})
+# output.transformers=true: transformers' model files and the T5 tokenizer's, the Hub's layout
+TRANSFORMERS_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json",
+                            "preprocessor_config.json")
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+TRANSFORMERS_FILES = frozenset(TRANSFORMERS_MODEL_FILES + TOKENIZER_FILES)
+RELEASE_FILES = RELEASE_FILES | TRANSFORMERS_FILES
 SAMPLES_DIR = "samples"
 # The clips a release may keep: generated (LMs) or encoded and decoded (EnCodec).
 CLIP_NAMES = ("unconditional", "text", "input", "reconstruction")

@@ -69,9 +69,12 @@ def _power_of_two(number: int | None) -> bool:
 def _lm_refusals(cfg: DictConfig) -> list[str]:
     tf = "transformer_lm"
     reasons = []
-    if value(cfg, "solver") != "musicgen" or value(cfg, "lm_model") != "transformer_lm":
+    # AudioGen is MusicGen's architecture on sounds: MusicgenForConditionalGeneration holds it
+    if value(cfg, "solver") not in ("musicgen", "audiogen") \
+            or value(cfg, "lm_model") != "transformer_lm":
         reasons.append(f"solver {value(cfg, 'solver')!r} / lm_model {value(cfg, 'lm_model')!r}:"
-                       " only MusicGen's autoregressive transformer_lm maps (not MAGNeT, AudioGen)")
+                       " only MusicGen's and AudioGen's autoregressive transformer_lm map "
+                       "(not MAGNeT)")
     n_q, card = _int(cfg, f"{tf}.n_q"), _int(cfg, f"{tf}.card")
     if value(cfg, "codebooks_pattern.modeling") != "delay":
         reasons.append(f"codebooks pattern {value(cfg, 'codebooks_pattern.modeling')!r}: "
@@ -95,7 +98,9 @@ def _lm_refusals(cfg: DictConfig) -> list[str]:
         "positional_embedding": "sin", "xpos": False, "norm_first": True, "norm": "layer_norm",
         "bias_ff": False, "bias_attn": False, "bias_proj": False, "layer_scale": None,
         "qk_layer_norm": False, "qk_layer_norm_cross": False, "kv_repeat": 1,
-        "past_context": None, "causal": True, "cross_attention": True, "two_step_cfg": False}
+        "past_context": None, "causal": True, "two_step_cfg": False}
+    # transformer_lm.cross_attention is not read: audiocraft's builder turns it on whenever the
+    # fuser cross-attends (fuser.cross, checked with the conditioning below)
     for key, wanted in expected.items():
         found = value(cfg, f"{tf}.{key}")
         if found != wanted and not (wanted in (False, None) and found is None):

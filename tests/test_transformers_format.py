@@ -91,7 +91,7 @@ LM_REFUSALS = [  # (dotted key, value that transformers' Musicgen cannot represe
     ("transformer_lm.qk_layer_norm", True, "qk_layer_norm is True"),
     ("transformer_lm.kv_repeat", 2, "kv_repeat is 2"),
     ("transformer_lm.past_context", 10, "past_context is 10"),
-    ("transformer_lm.cross_attention", False, "cross_attention is False"),
+    ("fuser.cross", [], "fuser.cross is not [description]"),
     ("transformer_lm.activation", "swiglu", "activation 'swiglu'"),
     ("transformer_lm.two_step_cfg", True, "two_step_cfg is True"),
     ("solver", "magnet", "solver 'magnet'"),

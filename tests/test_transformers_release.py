@@ -1,0 +1,72 @@
+"""output.transformers=true through the app: a real T5-conditioned, delay-pattern XP trained by
+audiocraft becomes one folder that AudioCraft's and transformers' loaders both load offline,
+with the equivalence proof in its manifest; what cannot be represented is refused in one line
+before anything is written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_tiny_t5 import OFFLINE
+
+from app_cases import input_args, rejected
+from helpers import app_env, run_app
+
+HF_FILES = ["config.json", "generation_config.json", "model.safetensors",
+            "preprocessor_config.json", "spiece.model", "tokenizer.json",
+            "tokenizer_config.json"]
+
+# A fresh process, offline, as a user of the folder would be: both loaders, then generation.
+LOAD_BOTH = """
+import sys, torch, transformers, audiocraft.models
+folder, family = sys.argv[1], sys.argv[2]
+model = transformers.MusicgenForConditionalGeneration.from_pretrained(folder)
+processor = transformers.AutoProcessor.from_pretrained(folder)
+inputs = processor(text=["a test"], return_tensors="pt")
+audio = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+ours = getattr(audiocraft.models, family).get_pretrained(folder)
+print(type(processor).__name__, tuple(audio.shape), bool(torch.isfinite(audio).all()),
+      ours.sample_rate == model.config.audio_encoder.sampling_rate)
+"""
+
+
+@pytest.mark.parametrize("name, family", [("musicgen_t5", "MusicGen"), ("audiogen_t5", "AudioGen")])
+def test_one_folder_for_both_loaders(real_xps, tiny_t5_home, tmp_path, name, family):
+    env = app_env(HF_HOME=str(tiny_t5_home), **OFFLINE)
+    out = tmp_path / "release"
+    run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps'][name]['sig']}", "output.transformers=true",
+            "validate.duration=0.5", f"output.dir={out}", f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path, env=env, check=True)
+    names = {p.name for p in out.iterdir()}
+    assert set(HF_FILES) <= names and {"state_dict.bin", "compression_state_dict.bin"} <= names
+    manifest = json.loads((out / "export.json").read_text())
+    hf = manifest["transformers"]
+    assert hf["model_class"] == "MusicgenForConditionalGeneration"
+    assert hf["text_encoder"] == "t5-small"
+    proof = hf["proof"]
+    assert proof["lm_logits_max_abs_diff"] <= 1e-4
+    assert proof["encodec_decode_max_abs_diff"] <= 1e-4
+    assert proof["encodec_encode_identical_codes"] == 1.0
+    assert proof["greedy_identical_frames"] == proof["greedy_frames"] == 20
+    assert proof["pipeline_sampling_rate"] == manifest["model"]["sample_rate"]
+    card = (out / "README.md").read_text()
+    assert "MusicgenForConditionalGeneration.from_pretrained" in card
+    assert "20 of 20 identical frames" in card
+    proc = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(out), family],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[0] == "MusicgenProcessor"
+    assert proc.stdout.strip().endswith("True True"), proc.stdout
+
+
+def test_a_lut_conditioned_lm_is_refused_before_writing(musicgen_ckpt, tmp_path):
+    rejected(tmp_path, *input_args(musicgen_ckpt), "output.transformers=true",
+             message=r"cannot add transformers' format \(output\.transformers=true\): .*"
+                     r"conditioner 'description' is 'lut': only T5 maps")
+
+
+def test_an_encodec_only_release_is_refused_in_one_line(encodec_ckpt, tmp_path):
+    rejected(tmp_path, *input_args(encodec_ckpt), "output.transformers=true",
+             message=r"an EnCodec-only release is not written in transformers' format yet")
