@@ -54,9 +54,33 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "state_auto": auto,
         "compression_model_checkpoint": raw_value(cfg, "compression_model_checkpoint")
         if cfg is not None else None,
+        "transformers": _transformers_verdict(cfg, source, trust),
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
         "fsdp_shards": [p.name for p in fsdp_shards(source.path)],
     }
+
+
+def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,
+                          trust: bool) -> str:
+    """Whether output.transformers=true can write this LM, or why not (one line)."""
+    from .compression import resolve_compression
+    from .config import AutoCompression
+    from .model_facts import cfg_of_yaml
+    from .repairs import loadable_config
+    from .transformers_release import refusal
+
+    if cfg is None:
+        return "unknown: no readable xp.cfg"
+    if raw_value(cfg, "solver") == "compression":
+        return "no: an EnCodec-only release is not written in transformers' format yet"
+    try:
+        lm_cfg = loadable_config(cfg)[0]
+        shipped = resolve_compression(AutoCompression(), lm_cfg, source, trust=trust)
+    except ExportError as exc:
+        return f"unknown: {exc}"
+    package = shipped.package if shipped is not None else None
+    problem = refusal(lm_cfg, package, cfg_of_yaml((package or {}).get("xp.cfg")))
+    return "yes" if problem is None else f"no: {problem}"
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
@@ -93,6 +117,7 @@ def format_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:
         lines.append(f"  {key:<16} {facts}")
     lines += [f"state=auto   exports {info['state_auto']}",
               f"compression  {info['compression_model_checkpoint']}",
+              f"transformers {info['transformers']}",
               f"epoch files  {', '.join(info['epoch_checkpoints']) or 'none'}",
               f"FSDP shards  {', '.join(info['fsdp_shards']) or 'none'}"]
     return "\n".join(lines)

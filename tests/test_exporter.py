@@ -72,7 +72,7 @@ def test_manifest(release, musicgen_ckpt):
     assert list(manifest) == ["release", "source", "state", "compression", "repairs", "files",
                               "versions", "config", "validation", "timings", "model",
                               "training", "samples", "curves", "license", "record_paths",
-                              "paths_recorded"]
+                              "paths_recorded", "transformers"]
     assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig",
                                        "argv", "solver_config"}
     assert set(manifest["state"]) == {"selected", "key", "dtype", "tensors", "parameters",

@@ -70,3 +70,17 @@ def test_a_lut_conditioned_lm_is_refused_before_writing(musicgen_ckpt, tmp_path)
 def test_an_encodec_only_release_is_refused_in_one_line(encodec_ckpt, tmp_path):
     rejected(tmp_path, *input_args(encodec_ckpt), "output.transformers=true",
              message=r"an EnCodec-only release is not written in transformers' format yet")
+
+
+def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home, tmp_path):
+    lines = {}
+    for name in ("musicgen_t5", "musicgen", "magnet"):
+        proc = run_app("mode=inspect", "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+                       f"input.sig={real_xps['xps'][name]['sig']}",
+                       f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, check=True)
+        [lines[name]] = [line for line in proc.stdout.splitlines()
+                         if line.startswith("transformers ")]
+    assert lines["musicgen_t5"] == "transformers yes"
+    assert "conditioner 'description' is 'lut'" in lines["musicgen"]
+    assert "card 400: not a power of two" in lines["musicgen"]
+    assert "not MAGNeT" in lines["magnet"]
