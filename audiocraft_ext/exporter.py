@@ -63,7 +63,14 @@ from .sources import CheckpointSource, dora_argv, resolve_checkpoint
 from .states import StateDict, load_solver_checkpoint, select_state, xp_signature
 from .torch_zip import WrittenZip
 from .training_history import curves, summarize_history
-from .transformers_release import prove_release, refusal, write_musicgen_files
+from .transformers_format import encodec_refusals
+from .transformers_release import (
+    prove_encodec,
+    prove_release,
+    refusal,
+    write_encodec_files,
+    write_musicgen_files,
+)
 from .validation import (
     FAMILIES,
     import_audiocraft_meanwhile,
@@ -193,7 +200,10 @@ def export_release(
                 _refuse_transformers(cfg, packages, compression_only, compression_cfg)
             written = _write(staging, packages)
             hf_facts = None
-            if transformers:
+            if transformers and compression_only:
+                logger.info("writing transformers' format (EncodecModel)")
+                hf_facts = write_encodec_files(staging, cfg, weights)
+            elif transformers:
                 assert shipped is not None and shipped.state is not None and compression_cfg
                 logger.info("writing transformers' format (MusicgenForConditionalGeneration)")
                 hf_facts = write_musicgen_files(staging, cfg, weights, compression_cfg,
@@ -228,7 +238,9 @@ def export_release(
                                                        validate, written, stand_in, clips)
             if hf_facts is not None and validate.level is not ValidateLevel.none:
                 logger.info("proving transformers' model against AudioCraft's")
-                hf_facts["proof"] = prove_release(staging, cfg, validate.device)
+                hf_facts["proof"] = (prove_encodec(staging, cfg, validate.device)
+                                     if compression_only
+                                     else prove_release(staging, cfg, validate.device))
             if manifest.validation.compression_stand_in is not None:
                 manifest.validation.compression_stand_in = recorder.path(
                     manifest.validation.compression_stand_in)
@@ -294,8 +306,9 @@ def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str
 def _refuse_transformers(cfg: DictConfig, packages: Mapping[str, Mapping[str, Any]],
                          compression_only: bool, compression_cfg: DictConfig | None) -> None:
     """Before anything is written: one line saying why transformers' format cannot hold it."""
-    problem: str | None = "an EnCodec-only release is not written in transformers' format yet"
-    if not compression_only:
+    if compression_only:
+        problem = "; ".join(encodec_refusals(cfg)) or None
+    else:
         problem = refusal(cfg, packages.get(COMPRESSION_FILE), compression_cfg)
     if problem:
         raise ExportError("cannot add transformers' format "

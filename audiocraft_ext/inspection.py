@@ -72,7 +72,10 @@ def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,
     if cfg is None:
         return "unknown: no readable xp.cfg"
     if raw_value(cfg, "solver") == "compression":
-        return "no: an EnCodec-only release is not written in transformers' format yet"
+        from .transformers_format import encodec_refusals
+
+        problems = encodec_refusals(cfg)
+        return "yes (EncodecModel)" if not problems else "no: " + "; ".join(problems)
     try:
         lm_cfg = loadable_config(cfg)[0]
         shipped = resolve_compression(AutoCompression(), lm_cfg, source, trust=trust)

@@ -51,7 +51,7 @@ def _front_matter(m: Manifest, is_lm: bool) -> str:
     text_conditioned = is_lm and m.model is not None and any(
         kind.split()[0] in ("t5", "lut") for kind in m.model.conditioners.values())
     tags = ["audiocraft", family, *FAMILY_TAGS.get(family, []),
-            *(["transformers", "musicgen"] if m.transformers else [])]
+            *(["transformers"] if m.transformers else [])]
     if not is_lm:
         tags += ["encodec", "audio-tokenizer"]
     lines = ["---", "library_name: audiocraft"]
@@ -190,6 +190,19 @@ def _transformers_section(m: Manifest) -> str:
     if hf is None:
         return ""
     folder = m.release
+    proof = hf.get("proof")
+    if hf["model_class"] == "EncodecModel":
+        lines = ["## Use it with 🤗 transformers\n", "This folder is also an `EncodecModel`:",
+                 "", "```python", "from transformers import AutoFeatureExtractor, EncodecModel",
+                 "", f'model = EncodecModel.from_pretrained("{folder}")',
+                 f'features = AutoFeatureExtractor.from_pretrained("{folder}")',
+                 "codes = model.encode(**features(raw_audio=wav, sampling_rate=features."
+                 'sampling_rate, return_tensors="pt")).audio_codes', "```", ""]
+        if proof:
+            lines += ["Proven equal to AudioCraft's model when exported (float32): decoding "
+                      f"differs by at most {proof['encodec_decode_max_abs_diff']:.2g}, encoding "
+                      f"gives {proof['encodec_encode_identical_codes']:.0%} identical codes.", ""]
+        return "\n".join(lines)
     lines = ["## Use it with 🤗 transformers\n",
              "This folder is also a `MusicgenForConditionalGeneration` (text encoder "
              f"`{hf['text_encoder']}`):", "", "```python",
@@ -199,7 +212,6 @@ def _transformers_section(m: Manifest) -> str:
              'inputs = processor(text=["warm lo-fi piano with soft drums"], '
              'return_tensors="pt")',
              "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
-    proof = hf.get("proof")
     if proof:
         lines += [
             "Proven equal to AudioCraft's model when exported (float32): decoder logits differ "

@@ -184,6 +184,15 @@ def refusals(lm_cfg: DictConfig, compression_cfg: DictConfig) -> list[str]:
     return _lm_refusals(lm_cfg) + _compression_refusals(compression_cfg, lm_cfg)
 
 
+def encodec_refusals(compression_cfg: DictConfig) -> list[str]:
+    """One line per reason an EnCodec alone (all its codebooks) cannot be written as
+    transformers' ``EncodecModel``."""
+    # the EnCodec's own codebooks stand for an LM's: every check of the pair applies
+    itself = OmegaConf.create({"transformer_lm": {"card": _int(compression_cfg, "rvq.bins"),
+                                                  "n_q": _int(compression_cfg, "rvq.n_q")}})
+    return _compression_refusals(compression_cfg, itself)
+
+
 def _refuse(lm_cfg: DictConfig, compression_cfg: DictConfig) -> None:
     found = refusals(lm_cfg, compression_cfg)
     if found:

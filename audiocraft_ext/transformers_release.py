@@ -22,11 +22,14 @@ from omegaconf import DictConfig
 
 from .errors import ExportError, first_line, setting, shown
 from .lean_loading import lean_loading
-from .release import TOKENIZER_FILES, TRANSFORMERS_FILES
+from .release import COMPRESSION_FILE, TOKENIZER_FILES, TRANSFORMERS_FILES
 from .transformers_equivalence import encodec_figures, lm_figures, load_strictly, write_folder
 from .transformers_format import (
     checked_decoder,
     checked_encodec,
+    encodec_config_kwargs,
+    encodec_refusals,
+    encodec_state,
     generation_kwargs,
     musicgen_state,
     refusals,
@@ -34,6 +37,7 @@ from .transformers_format import (
 )
 
 MODEL_CLASS = "MusicgenForConditionalGeneration"
+ENCODEC_CLASS = "EncodecModel"
 # what the proof accepts (float32): transformers computes its position table differently,
 # a rounding difference that grows with the position (~1e-6 at 20 frames)
 MAX_ABS_DIFF = 1e-4
@@ -52,6 +56,41 @@ def refusal(lm_cfg: DictConfig, compression_package: Mapping[str, Any] | None,
                 f"{setting('compression.path', '<EnCodec checkpoint>')}")
     found = refusals(lm_cfg, compression_cfg)
     return "; ".join(found) if found else None
+
+
+def write_encodec_files(folder: Path, compression_cfg: DictConfig,
+                        compression_state: Mapping[str, Any]) -> dict[str, Any]:
+    """An EnCodec-only release's transformers files (``EncodecModel`` with all its
+    codebooks); return what the manifest records."""
+    import transformers
+
+    problems = encodec_refusals(compression_cfg)
+    if problems:
+        raise ExportError("; ".join(problems))
+    n_q = int(value(compression_cfg, "rvq.n_q"))
+    config = transformers.EncodecConfig(**encodec_config_kwargs(compression_cfg, n_q))
+    write_folder(folder, config, encodec_state(compression_state, n_q))
+    transformers.EncodecFeatureExtractor(
+        feature_size=config.audio_channels,
+        sampling_rate=config.sampling_rate).save_pretrained(folder)
+    return {"model_class": ENCODEC_CLASS,
+            "files": sorted(p.name for p in folder.iterdir() if p.name in TRANSFORMERS_FILES)}
+
+
+def prove_encodec(folder: Path, compression_cfg: DictConfig, device: str) -> dict[str, Any]:
+    """Load the folder as ``EncodecModel`` and compare it with AudioCraft's compression model
+    built from the release: decoding and encoding."""
+    import transformers
+    from audiocraft.models import CompressionModel
+
+    model = load_strictly(transformers.EncodecModel, folder)
+    with lean_loading():
+        ours = CompressionModel.get_pretrained(str(folder / COMPRESSION_FILE), device=device)
+    figures = encodec_figures(ours.eval(), model, int(value(compression_cfg, "rvq.n_q")))
+    if not (figures["encodec_decode_max_abs_diff"] <= MAX_ABS_DIFF
+            and figures["encodec_encode_identical_codes"] == 1.0):
+        raise ExportError(f"transformers' EncodecModel differs from AudioCraft's: {figures}")
+    return {"max_abs_diff_allowed": MAX_ABS_DIFF, **figures}
 
 
 def t5_name(lm_cfg: DictConfig) -> str:

@@ -67,14 +67,48 @@ def test_a_lut_conditioned_lm_is_refused_before_writing(musicgen_ckpt, tmp_path)
                      r"conditioner 'description' is 'lut': only T5 maps")
 
 
-def test_an_encodec_only_release_is_refused_in_one_line(encodec_ckpt, tmp_path):
+def test_an_encodec_both_transformers_versions_cannot_read_is_refused(encodec_ckpt, tmp_path):
+    """4 codebooks of 256 entries: 4.44 counts 10 bits per codebook, 5.x 8: no bandwidth
+    gives 4 quantizers on both."""
     rejected(tmp_path, *input_args(encodec_ckpt), "output.transformers=true",
-             message=r"an EnCodec-only release is not written in transformers' format yet")
+             message=r"cannot add transformers' format \(output\.transformers=true\): no "
+                     r"target bandwidth gives 4 quantizers of 256 entries")
+
+
+ENCODEC_BOTH = """
+import sys, torch, transformers
+from audiocraft.models import CompressionModel
+folder = sys.argv[1]
+model = transformers.EncodecModel.from_pretrained(folder)
+features = transformers.AutoFeatureExtractor.from_pretrained(folder)
+ours = CompressionModel.get_pretrained(folder + "/compression_state_dict.bin")
+codes = torch.randint(0, model.config.codebook_size, (1, 1, ours.num_codebooks, 25))
+with torch.no_grad():
+    diff = (model.decode(codes, [None]).audio_values - ours.decode(codes[0])).abs().max()
+print(features.sampling_rate == ours.sample_rate, float(diff) <= 1e-4)
+"""
+
+
+def test_an_encodec_only_release_is_an_encodec_model_too(real_xps, tmp_path):
+    out = tmp_path / "release"
+    run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps']['encodec512']['sig']}", "output.transformers=true",
+            "validate.duration=0.5", f"output.dir={out}", f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path, check=True)
+    hf = json.loads((out / "export.json").read_text())["transformers"]
+    assert hf["model_class"] == "EncodecModel"
+    assert hf["files"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert hf["proof"]["encodec_decode_max_abs_diff"] <= 1e-4
+    assert hf["proof"]["encodec_encode_identical_codes"] == 1.0
+    assert "EncodecModel.from_pretrained" in (out / "README.md").read_text()
+    proc = subprocess.run([sys.executable, "-c", ENCODEC_BOTH, str(out)], capture_output=True,
+                          text=True, env=app_env(), timeout=300)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr[-3000:]
 
 
 def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home, tmp_path):
     lines = {}
-    for name in ("musicgen_t5", "musicgen", "magnet"):
+    for name in ("musicgen_t5", "musicgen", "magnet", "encodec512"):
         proc = run_app("mode=inspect", "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
                        f"input.sig={real_xps['xps'][name]['sig']}",
                        f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, check=True)
@@ -84,3 +118,4 @@ def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home
     assert "conditioner 'description' is 'lut'" in lines["musicgen"]
     assert "card 400: not a power of two" in lines["musicgen"]
     assert "not MAGNeT" in lines["magnet"]
+    assert lines["encodec512"] == "transformers yes (EncodecModel)"
