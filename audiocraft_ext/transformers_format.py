@@ -188,9 +188,12 @@ def encodec_refusals(compression_cfg: DictConfig) -> list[str]:
     """One line per reason an EnCodec alone (all its codebooks) cannot be written as
     transformers' ``EncodecModel``."""
     # the EnCodec's own codebooks stand for an LM's: every check of the pair applies
-    itself = OmegaConf.create({"transformer_lm": {"card": _int(compression_cfg, "rvq.bins"),
+    bins = _int(compression_cfg, "rvq.bins")
+    itself = OmegaConf.create({"transformer_lm": {"card": bins,
                                                   "n_q": _int(compression_cfg, "rvq.n_q")}})
-    return _compression_refusals(compression_cfg, itself)
+    reasons = [] if _power_of_two(bins) else [
+        f"rvq.bins {bins}: not a power of two (transformers' EnCodec refuses it)"]
+    return reasons + _compression_refusals(compression_cfg, itself)
 
 
 def _refuse(lm_cfg: DictConfig, compression_cfg: DictConfig) -> None:

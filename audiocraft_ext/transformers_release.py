@@ -83,7 +83,7 @@ def prove_encodec(folder: Path, compression_cfg: DictConfig, device: str) -> dic
     import transformers
     from audiocraft.models import CompressionModel
 
-    model = load_strictly(transformers.EncodecModel, folder)
+    model = _loaded(transformers.EncodecModel, folder)
     with lean_loading():
         ours = CompressionModel.get_pretrained(str(folder / COMPRESSION_FILE), device=device)
     figures = encodec_figures(ours.eval(), model, int(value(compression_cfg, "rvq.n_q")))
@@ -180,7 +180,7 @@ def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,
     differ."""
     import transformers
 
-    model = load_strictly(transformers.MusicgenForConditionalGeneration, folder)
+    model = _loaded(transformers.MusicgenForConditionalGeneration, folder)
     transformers.AutoProcessor.from_pretrained(folder)
     n_q = model.decoder.config.num_codebooks
     [attribute] = value(lm_cfg, "fuser.cross")
@@ -209,6 +209,15 @@ def prove_release(folder: Path, lm_cfg: DictConfig, device: str) -> dict[str, An
         compression_model = loaders.load_compression_model(folder, device=device)
         lm = loaders.load_lm_model(folder, device=device)
     return prove_musicgen(folder, lm_cfg, lm.eval(), compression_model.eval())
+
+
+def _loaded(model_class: Any, folder: Path) -> Any:
+    """:func:`load_strictly`, its failure one line (the refusals should have caught it)."""
+    try:
+        return load_strictly(model_class, folder)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"transformers could not load the folder as {model_class.__name__}: "
+                          f"{first_line(exc)}") from exc
 
 
 def _pipeline_audio(folder: Path, sample_rate: int) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def test_an_encodec_only_release_is_an_encodec_model_too(real_xps, tmp_path):
 
 def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home, tmp_path):
     lines = {}
-    for name in ("musicgen_t5", "musicgen", "magnet", "encodec512"):
+    for name in ("musicgen_t5", "musicgen", "magnet", "encodec512", "encodec"):
         proc = run_app("mode=inspect", "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
                        f"input.sig={real_xps['xps'][name]['sig']}",
                        f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, check=True)
@@ -119,3 +119,12 @@ def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home
     assert "card 400: not a power of two" in lines["musicgen"]
     assert "not MAGNeT" in lines["magnet"]
     assert lines["encodec512"] == "transformers yes (EncodecModel)"
+    assert lines["encodec"] == ("transformers no: rvq.bins 400: not a power of two "
+                                "(transformers' EnCodec refuses it)")
+
+
+def test_an_encodec_of_400_bins_is_refused_before_writing(real_xps, tmp_path):
+    rejected(tmp_path, "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+             f"input.sig={real_xps['xps']['encodec']['sig']}", "output.transformers=true",
+             message=r"cannot add transformers' format \(output\.transformers=true\): "
+                     r"rvq\.bins 400: not a power of two")
