@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from . import __version__
 from .config import CONF_DIR, register_configs
 from .errors import ExportError
-from .guidance import explain
+from .guidance import explain, hydra_words
 
 register_configs()
 # Emitted by audiocraft's EnCodec on every build; says nothing about the export.
@@ -80,6 +80,10 @@ def _main() -> None:
     except HydraException as exc:
         _report(explain(exc, str(CONF_DIR)))
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001  (before the job: what Hydra reports in one line)
+        # e.g. an interpolation that cannot resolve in --cfg job --resolve, a damaged YAML
+        _report(hydra_words(exc))
+        sys.exit(1)
     finally:
         _give_back_full_error()
 
@@ -93,8 +97,8 @@ def _exit(code: int | str | None) -> NoReturn:
     # CPython's own first steps of Py_FinalizeEx, in its order (private, stable in CPython 3)
     threading._shutdown()  # type: ignore[attr-defined]  # private: not in typeshed
     atexit._run_exitfuncs()
-    if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
-        sys.stderr.write(code + "\n")
+    if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python does
+        sys.stderr.write(f"{code}\n")
         code = 1
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

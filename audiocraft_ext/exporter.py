@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -238,9 +239,8 @@ def export_release(
                                                        validate, written, stand_in, clips)
             if hf_facts is not None and validate.level is not ValidateLevel.none:
                 logger.info("proving transformers' model against AudioCraft's")
-                hf_facts["proof"] = (prove_encodec(staging, cfg, validate.device)
-                                     if compression_only
-                                     else prove_release(staging, cfg, validate.device))
+                hf_facts["proof"] = (prove_encodec(staging, cfg) if compression_only
+                                     else prove_release(staging, cfg))
             if manifest.validation.compression_stand_in is not None:
                 manifest.validation.compression_stand_in = recorder.path(
                     manifest.validation.compression_stand_in)
@@ -251,6 +251,7 @@ def export_release(
         manifest.timings = {"export": export_phase, "validation": validation_phase}
         for name, text in (extra_files or {}).items():
             write_text(text, staging / name)
+        manifest.files.update(_other_files(staging, manifest.files))
         logger.info("writing the model card and the manifest")
         write_text(render_model_card(manifest), staging / MODEL_CARD_FILE)
         write_json(manifest.to_json(), staging / MANIFEST_FILE)
@@ -301,6 +302,22 @@ def _write(staging: Path, packages: Mapping[str, Mapping[str, Any]]) -> dict[str
     finally:
         close()
     return files
+
+
+def _other_files(staging: Path, hashed: Mapping[str, ReleaseFile]) -> dict[str, ReleaseFile]:
+    """Bytes and sha256 of the files not hashed as they were written (samples, pictures,
+    transformers' files, the config), by their path in the release; the card and the manifest,
+    written last, describe the others."""
+    found = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        name = path.relative_to(staging).as_posix()
+        if name not in hashed and name not in (MODEL_CARD_FILE, MANIFEST_FILE):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            found[name] = ReleaseFile(path.stat().st_size, digest.hexdigest())
+    return found
 
 
 def _refuse_transformers(cfg: DictConfig, packages: Mapping[str, Mapping[str, Any]],

@@ -16,13 +16,15 @@ N_FFT = 1024
 FLOOR_DB = -80.0
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A figure drawn by Agg alone: neither pyplot nor the caller's backend is touched (a
+    notebook calling export_release keeps its own)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display, whatever the environment says
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -30,7 +32,6 @@ def _save(fig: Any, path: Path) -> None:
 
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata=_NO_METADATA)
-    _pyplot().close(fig)
     write_bytes(buffer.getvalue(), path)
 
 
@@ -42,8 +43,8 @@ def spectrogram_png(wav: torch.Tensor, sample_rate: int, title: str, path: Path)
                       return_complex=True).abs()
     db = 20 * torch.log10(spec.clamp_min(1e-12))
     db = (db - db.max()).clamp_min(FLOOR_DB)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig = _figure(8, 3)
+    ax = fig.subplots()
     seconds = mono.numel() / sample_rate
     image = ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma",
                       extent=(0.0, seconds, 0.0, sample_rate / 2000))
@@ -56,10 +57,10 @@ def spectrogram_png(wav: torch.Tensor, sample_rate: int, title: str, path: Path)
 def training_curves_png(curves: dict[str, dict[str, list[float]]], best_epoch: int | None,
                         title: str, path: Path) -> None:
     """Draw each metric per epoch (train and valid), one panel per metric."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    fig = _figure(4 * len(curves), 3)
+    axes = fig.subplots(1, len(curves), squeeze=False)
     epochs = max(len(values) for stages in curves.values() for values in stages.values())
     for ax, (metric, stages) in zip(axes[0], curves.items(), strict=True):
         for stage, values in stages.items():

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from .averaging import epoch_checkpoints
 from .config import StateChoice
-from .errors import ExportError, shown
+from .errors import ExportError, first_line, shown
 from .manifest import FileFacts, StateFacts
 from .safe_load import MAX_NESTING
 from .sources import CheckpointSource, fsdp_shards
@@ -79,10 +79,10 @@ def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,
     try:
         lm_cfg = loadable_config(cfg)[0]
         shipped = resolve_compression(AutoCompression(), lm_cfg, source, trust=trust)
-    except ExportError as exc:
-        return f"unknown: {exc}"
-    package = shipped.package if shipped is not None else None
-    problem = refusal(lm_cfg, package, cfg_of_yaml((package or {}).get("xp.cfg")))
+        package = shipped.package if shipped is not None else None
+        problem = refusal(lm_cfg, package, cfg_of_yaml((package or {}).get("xp.cfg")))
+    except Exception as exc:  # noqa: BLE001  (inspection reports what it can, never fails on it)
+        return f"unknown: {exc if isinstance(exc, ExportError) else first_line(exc)}"
     return "yes" if problem is None else f"no: {problem}"
 
 

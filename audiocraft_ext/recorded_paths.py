@@ -21,6 +21,9 @@ from omegaconf import OmegaConf
 # How a re-runnable config (export_config.yaml) names the Dora dir: AudioCraft users' own
 # variable, else the current folder (re-run from the Dora dir).
 DORA_DIR_VARIABLE = "${oc.env:AUDIOCRAFT_DORA_DIR,.}"
+# ... and a path outside it: required again (Hydra's "???"), so that a re-run names it rather
+# than finding a different file of the same name
+REQUIRED = "???"
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,8 @@ class PathRecorder:
 
     dora_dir: Path | None
     absolute: bool = False
-    # paths inside the Dora dir start with DORA_DIR_VARIABLE (a config to re-run) instead of
-    # being plain relative paths (a record to read)
+    # paths inside the Dora dir start with DORA_DIR_VARIABLE, others are REQUIRED (a config to
+    # re-run), instead of relative paths and names (a record to read)
     rerunnable: bool = False
 
     def path(self, path: str | Path) -> str:
@@ -49,6 +52,8 @@ class PathRecorder:
                     return f"{DORA_DIR_VARIABLE}/{inside}" if inside != "." \
                         else DORA_DIR_VARIABLE
                 return inside
+        if self.rerunnable:
+            return REQUIRED
         return PurePosixPath(full).name or "."
 
     def values(self, value: Any, changed: list[str] | None = None, key: str = "") -> Any:
@@ -74,11 +79,15 @@ class PathRecorder:
         return OmegaConf.to_yaml(OmegaConf.create(recorded)), changed
 
     def _recorded(self, text: str) -> str:
-        if not _looks_absolute(text):
+        if self.absolute:
             return text
+        home = str(Path.home())
+        if not _looks_absolute(text):
+            # a path inside a longer value (an override's list, an interpolation's default)
+            return text.replace(home, "~") if home != "/" and home in text else text
         # An interpolation is a template resolved where the config is loaded (audiocraft's
         # `/checkpoint/${oc.env:USER}/...`): kept, unless it spells this machine's home out.
-        if "${" in text and str(Path.home()) not in text:
+        if "${" in text and home not in text:
             return text
         return self.path(text)
 

@@ -30,6 +30,14 @@ def write_folder(folder: Path, config: Any, state: Mapping[str, torch.Tensor]) -
     save_file(dict(state), str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+def text_encoder_config(text_encoder: Any) -> dict[str, Any]:
+    """The T5's config for ``MusicgenConfig``, without where it was loaded from (a local
+    folder's path would travel with the release)."""
+    config = text_encoder.config.to_dict()
+    config.pop("_name_or_path", None)
+    return config
+
+
 def load_strictly(model_class: Any, folder: Path) -> Any:
     """``model_class.from_pretrained(folder)``; raises ``ValueError`` unless every key loaded
     and every weight was used."""
@@ -175,7 +183,7 @@ def prove(lm_cfg: Any, compression_cfg: Any, lm_state: Mapping[str, Any],
     encodec_kwargs, encodec = checked_encodec(lm_cfg, compression_cfg, compression_state)
     decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
     config = transformers.MusicgenConfig(
-        text_encoder=text_encoder.config.to_dict(),
+        text_encoder=text_encoder_config(text_encoder),
         audio_encoder=transformers.EncodecConfig(**encodec_kwargs).to_dict(),
         decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
     text_state = {k: v.detach().clone().contiguous() for k, v in

@@ -43,6 +43,8 @@ def test_run_on_a_composed_config(job_config, musicgen_ckpt, tmp_path):
     # a re-run finds the Dora dir through AudioCraft's own variable, else from the current folder
     assert OmegaConf.to_container(saved)["input"]["path"] == (
         "${oc.env:AUDIOCRAFT_DORA_DIR,.}" f"/xps/{musicgen_ckpt.parent.name}/checkpoint.th")
+    # a path outside the Dora dir is not recorded: a re-run must give it again
+    assert OmegaConf.is_missing(saved.output, "dir")
     assert "hydra" not in saved  # the app's settings come by name, nothing of this run
 
 

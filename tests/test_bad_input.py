@@ -408,3 +408,13 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
         "state_dict.bin", "training_curves.png"]
     config = OmegaConf.create(json.loads((dest / "export.json").read_text())["config"])
     assert config.validate.level == "load"
+
+
+def test_an_error_while_composing_that_is_not_hydras_own_is_one_line(tmp_path):
+    """Hydra reports other failures before the job (here an interpolation --resolve cannot
+    resolve) in one line; so does the app, which asks Hydra to raise them."""
+    proc = run_app("output.dir=${oc.env:AUDIOCRAFT_EXT_NO_SUCH_VARIABLE}", "--cfg", "job",
+                   "--resolve", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "AUDIOCRAFT_EXT_NO_SUCH_VARIABLE" in line

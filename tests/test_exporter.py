@@ -66,7 +66,12 @@ def test_manifest(release, musicgen_ckpt):
     for name, facts in manifest["files"].items():
         path = release.release_dir / name
         assert facts == {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-    assert set(manifest["files"]) == {"state_dict.bin", "compression_state_dict.bin"}
+    # every file but the two that describe the others
+    every = {p.relative_to(release.release_dir).as_posix()
+             for p in release.release_dir.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == every - {"README.md", "export.json"}
+    assert {"state_dict.bin", "compression_state_dict.bin", "samples/text.wav",
+            "training_curves.png"} <= set(manifest["files"])
     assert manifest["versions"]["audiocraft"] == audiocraft.__version__
     # the file's layout, which readers of export.json rely on
     assert list(manifest) == ["release", "source", "state", "compression", "repairs", "files",

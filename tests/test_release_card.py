@@ -175,6 +175,18 @@ def test_nothing_private_in_a_release_made_under_a_fake_home(musicgen_ckpt, tmp_
         "state_dict.bin: datasource.train", "state_dict.bin: datasource.valid"]
 
 
+def test_the_home_folder_inside_a_longer_value_is_recorded_as_tilde():
+    from audiocraft_ext.recorded_paths import PathRecorder
+
+    home = str(Path.home())
+    recorder = PathRecorder(dora_dir=None)
+    assert recorder.values({"a": f"[{home}/data,{home}/more]", "b": f"${{x,{home}/d}}"}) == {
+        "a": "[~/data,~/more]", "b": "${x,~/d}"}
+    assert recorder.overrides([f"dset.train=[{home}/a]"]) == ["dset.train=[~/a]"]
+    assert PathRecorder(None, absolute=True).values({"a": f"[{home}/x]"}) == {
+        "a": f"[{home}/x]"}
+
+
 def test_record_paths_absolute_keeps_xp_cfg_as_export_lm_writes_it(musicgen_ckpt, tmp_path):
     dest = tmp_path / "rel"
 
