@@ -46,7 +46,9 @@ def test_one_folder_for_both_loaders(real_xps, tiny_t5_home, tmp_path, name, fam
     assert hf["model_class"] == "MusicgenForConditionalGeneration"
     assert hf["text_encoder"] == "t5-small"
     # where the T5 was loaded from is not written (a local folder would name this machine)
-    assert "_name_or_path" not in json.loads((out / "config.json").read_text())["text_encoder"]
+    # (4.44 writes the key back, empty)
+    text_config = json.loads((out / "config.json").read_text())["text_encoder"]
+    assert text_config.get("_name_or_path", "") == ""
     proof = hf["proof"]
     assert proof["lm_logits_max_abs_diff"] <= 1e-4
     assert proof["encodec_decode_max_abs_diff"] <= 1e-4
