@@ -48,7 +48,9 @@ def spectrogram_png(wav: torch.Tensor, sample_rate: int, title: str, path: Path)
     seconds = mono.numel() / sample_rate
     image = ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma",
                       extent=(0.0, seconds, 0.0, sample_rate / 2000))
-    ax.set(xlabel="time (s)", ylabel="frequency (kHz)", title=title)
+    ax.set(xlabel="time (s)", ylabel="frequency (kHz)")
+    # a prompt is text, not mathtext: "$^$" in a description would not even draw
+    ax.set_title(title, parse_math=False)
     fig.colorbar(image, ax=ax, label="dB")
     fig.tight_layout()
     _save(fig, path)
@@ -67,11 +69,12 @@ def training_curves_png(curves: dict[str, dict[str, list[float]]], best_epoch: i
             ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=stage)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
-        ax.set(xlabel="epoch", title=metric)
+        ax.set(xlabel="epoch")
+        ax.set_title(metric, parse_math=False)  # names from the checkpoint's history
         ax.set_xlim(0.5, epochs + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     _save(fig, path)

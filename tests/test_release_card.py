@@ -199,3 +199,15 @@ def test_record_paths_absolute_keeps_xp_cfg_as_export_lm_writes_it(musicgen_ckpt
     pkg = torch.load(dest / "state_dict.bin", weights_only=True)
     assert pkg["xp.cfg"] == OmegaConf.to_yaml(source["xp.cfg"])
     assert result.manifest.source.path == str(ckpt) and result.manifest.paths_recorded == []
+
+
+@pytest.mark.parametrize("text", ["x $^$ y", "a $\\frac beat$", "$$"])
+def test_titles_are_text_not_mathtext(tmp_path, text):
+    """A prompt or a metric name with dollar signs draws as it is written (matplotlib would
+    parse it as mathtext and fail)."""
+    from audiocraft_ext.figures import spectrogram_png, training_curves_png
+
+    spectrogram_png(torch.randn(1, 8000) * 0.1, 16000, text, tmp_path / "s.png")
+    training_curves_png({text: {"train": [1.0, 0.5]}}, 2, text, tmp_path / "c.png")
+    assert matplotlib.image.imread(tmp_path / "s.png").shape[:2] == (300, 800)
+    assert matplotlib.image.imread(tmp_path / "c.png").ndim == 3
