@@ -9,7 +9,7 @@ The same command as ``audiocraft-export`` and ``python -m audiocraft_ext`` once 
 this file lets a checkout run it without installing anything.
 """
 
-from audiocraft_ext.cli import main
+from audiocraft_ext.app.cli import main
 
 if __name__ == "__main__":
     main()

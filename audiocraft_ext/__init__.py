@@ -14,14 +14,14 @@ from typing import Any
 __version__ = "0.4.0"
 
 _EXPORTS = {
-    "export_release": "exporter", "ExportResult": "exporter",
-    "ExportError": "errors", "Manifest": "manifest",
-    "load_checkpoint": "safe_load", "UnsafeCheckpointError": "safe_load",
+    "export_release": "pipeline.export", "ExportResult": "pipeline.export",
+    "ExportError": "errors", "Manifest": "reporting.manifest",
+    "load_checkpoint": "untrusted.safe_load", "UnsafeCheckpointError": "untrusted.safe_load",
     "StateChoice": "config", "StateConfig": "config", "ValidateConfig": "config",
     "ValidateLevel": "config", "OutputDtype": "config",
     "AutoCompression": "config", "PretrainedCompression": "config",
     "CheckpointCompression": "config", "NoCompression": "config", "RecordPaths": "config",
-    "log_to_stderr": "logs",
+    "log_to_stderr": "reporting.logs",
 }
 __all__ = sorted(_EXPORTS)
 

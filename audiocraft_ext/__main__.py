@@ -1,6 +1,6 @@
 """``python -m audiocraft_ext``: the same command as ``audiocraft-export``."""
 
-from .cli import main
+from .app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -104,7 +104,7 @@ _OUT_OF_MEMORY = ("MemoryError", "can't allocate memory", "Cannot allocate memor
 # --- the checkpoint --------------------------------------------------------------------------
 def lm_config(preset: str, compression_sig: str) -> Any:
     """The Hydra-composed xp.cfg of the preset's LM, trained against ``//sig/<sig>``."""
-    from audiocraft_ext.demo import compose_xp_config
+    from audiocraft_ext.app.demo import compose_xp_config
 
     dim, layers, heads = PRESETS[preset]
     return compose_xp_config("musicgen", [
@@ -134,7 +134,7 @@ def parameter_count(preset: str) -> int:
 def _random_tensor_class() -> type:
     import torch
 
-    from audiocraft_ext.lazy_tensors import ComputedTensor
+    from audiocraft_ext.untrusted.lazy_tensors import ComputedTensor
 
     @dataclass(eq=False)
     class RandomTensor(ComputedTensor):
@@ -160,7 +160,7 @@ def checkpoint_package(cfg: Any, double: bool = False) -> tuple[dict, int]:
     storage; and its parameter count."""
     import torch
 
-    from audiocraft_ext.demo import xp_signature
+    from audiocraft_ext.app.demo import xp_signature
 
     random_tensor = _random_tensor_class()
     state, params = lm_shapes(cfg)
@@ -199,7 +199,7 @@ def checkpoint_package(cfg: Any, double: bool = False) -> tuple[dict, int]:
 
 def write_checkpoint(pkg: dict, path: Path, progress: Callable[[int], None]) -> None:
     """Write ``pkg`` as a torch.save file, one tensor in memory at a time."""
-    from audiocraft_ext.torch_writer import save_streaming
+    from audiocraft_ext.writing.torch_writer import save_streaming
 
     save_streaming(pkg, path, progress)  # its return value is changing: not relied on
 
@@ -238,7 +238,7 @@ def build_compression_xp(dora_dir: Path) -> str:
     with, offline); return its signature."""
     import warnings
 
-    from audiocraft_ext.demo import write_encodec_xp
+    from audiocraft_ext.app.demo import write_encodec_xp
 
     # emitted by EnCodec's every build; says nothing about the benchmark
     warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")

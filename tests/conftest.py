@@ -21,8 +21,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
 from audiocraft_ext.config import register_configs
-from audiocraft_ext.demo import write_encodec_xp, write_musicgen_xp
 
 from helpers import ROOT, torch_load
 

@@ -31,11 +31,11 @@ from audiocraft_ext import (
     ValidateConfig,
     export_release,
 )
-from audiocraft_ext.inspection import (
+from audiocraft_ext.app.inspection import (
     format_inspection,
     inspect_checkpoint,
 )
-from audiocraft_ext.sources import resolve_checkpoint
+from audiocraft_ext.untrusted.sources import resolve_checkpoint
 
 TIMEOUT_S = 20.0
 FINDINGS = {2: "traceback", 3: "published release does not load", 4: "error left files",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiocraft_ext.manifest import Manifest
+from audiocraft_ext.reporting.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from audiocraft_ext.app import run
+from audiocraft_ext.app.job import run
 
 from helpers import (
     FULL_CHECKS,
@@ -163,7 +163,7 @@ def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
         modules = imported_modules(stderr)
         assert "hydra" in modules and "audiocraft_ext.config" in modules  # the report works
         assert [m for m in modules if m.split(".")[0] in ("torch", "torchaudio", "audiocraft")
-                or m == "audiocraft_ext.app"] == []
+                or m == "audiocraft_ext.app.job"] == []
     assert not list(tmp_path.iterdir())  # neither writes outputs
 
 

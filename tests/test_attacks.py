@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
-from audiocraft_ext.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
 
 import crafted as c
 from app_cases import checkpoint_copy, input_args, rejected

@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from audiocraft_ext.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
 
 from app_cases import checkpoint_copy as _checkpoint
 from app_cases import input_args as _input

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from audiocraft_ext import config as schemas
-from audiocraft_ext.guidance import explain, group_options
+from audiocraft_ext.app.guidance import explain, group_options
 
 from helpers import ROOT
 

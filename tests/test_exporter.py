@@ -253,7 +253,7 @@ def test_the_manifest_reports_the_whole_process_peak(musicgen_ckpt, tmp_path):
 
 
 def test_only_failures_to_reach_the_network_are_blamed_on_it():
-    from audiocraft_ext.validation import _from_the_network
+    from audiocraft_ext.validation.audiocraft_checks import _from_the_network
 
     class LocalEntryNotFoundError(Exception):  # huggingface_hub's, matched by name
         pass

@@ -1,7 +1,7 @@
 """The fine-tuning recipe of the model card, run for real: audiocraft's own training (`dora
 run` from the sdist, as scripts/train_fixtures.py runs it) continues from an exported release
-of a real XP, with the command audiocraft_ext.finetune builds. The tests that train use the
-`real_xps` fixture, which marks them slow."""
+of a real XP, with the command audiocraft_ext.reporting.finetune builds. The tests that train
+use the `real_xps` fixture, which marks them slow."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from audiocraft_ext.finetune import finetune_command, solver_config
+from audiocraft_ext.reporting.finetune import finetune_command, solver_config
 
 from helpers import ROOT, assert_same_state, release_state, run_app, torch_load
 

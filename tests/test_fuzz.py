@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
-from audiocraft_ext.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
 
 from helpers import assert_validated, member_span
 

@@ -103,7 +103,7 @@ def test_installing_keeps_every_package_the_environment_had(installed):
 
 
 def test_the_installed_package_is_used_and_carries_its_configs(installed):
-    where = run(installed, "python", "-c", "import audiocraft_ext.cli as c; print(c.__file__); "
+    where = run(installed, "python", "-c", "import audiocraft_ext.app.cli as c; print(c.__file__); "
                 "print(c.CONF_DIR)").stdout.split()
     site = str(installed["env"] / "lib")
     assert all(p.startswith(site) for p in where), where  # not the checkout's files

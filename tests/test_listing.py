@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from audiocraft_ext.app import run
+from audiocraft_ext.app.job import run
+from audiocraft_ext.app.listing import describe_xp, list_xps, sort_entries
 from audiocraft_ext.errors import ExportError
-from audiocraft_ext.listing import describe_xp, list_xps, sort_entries
-from audiocraft_ext.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
 
 from helpers import error_lines, member_span, run_app, torch_load
 

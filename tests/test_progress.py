@@ -2,7 +2,7 @@ import logging
 import subprocess
 import sys
 
-from audiocraft_ext import progress
+from audiocraft_ext.reporting import progress
 
 from helpers import app_env
 
@@ -19,7 +19,7 @@ def test_long_writes_log_progress_when_not_on_a_terminal(caplog, monkeypatch):
     monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
     total = progress.QUIET_BELOW_BYTES * 4
     advance, close = progress.byte_progress(total, "writing release")
-    with caplog.at_level(logging.INFO, logger="audiocraft_ext.progress"):
+    with caplog.at_level(logging.INFO, logger="audiocraft_ext.reporting.progress"):
         for _ in range(4):
             advance(total // 4)
         close()

@@ -176,7 +176,7 @@ def test_nothing_private_in_a_release_made_under_a_fake_home(musicgen_ckpt, tmp_
 
 
 def test_the_home_folder_inside_a_longer_value_is_recorded_as_tilde():
-    from audiocraft_ext.recorded_paths import PathRecorder
+    from audiocraft_ext.writing.recorded_paths import PathRecorder
 
     home = str(Path.home())
     recorder = PathRecorder(dora_dir=None)
@@ -205,7 +205,7 @@ def test_record_paths_absolute_keeps_xp_cfg_as_export_lm_writes_it(musicgen_ckpt
 def test_titles_are_text_not_mathtext(tmp_path, text):
     """A prompt or a metric name with dollar signs draws as it is written (matplotlib would
     parse it as mathtext and fail)."""
-    from audiocraft_ext.figures import spectrogram_png, training_curves_png
+    from audiocraft_ext.reporting.figures import spectrogram_png, training_curves_png
 
     spectrogram_png(torch.randn(1, 8000) * 0.1, 16000, text, tmp_path / "s.png")
     training_curves_png({text: {"train": [1.0, 0.5]}}, 2, text, tmp_path / "c.png")

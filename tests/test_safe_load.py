@@ -5,10 +5,10 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from audiocraft_ext.allowlist import PickledConfig
 from audiocraft_ext.errors import ExportError
-from audiocraft_ext.safe_load import UnsafeCheckpointError, load_checkpoint
-from audiocraft_ext.xp_config import xp_config
+from audiocraft_ext.untrusted.allowlist import PickledConfig
+from audiocraft_ext.untrusted.safe_load import UnsafeCheckpointError, load_checkpoint
+from audiocraft_ext.untrusted.xp_config import xp_config
 
 import crafted as c
 from helpers import assert_same_state, torch_load
@@ -102,7 +102,7 @@ def test_a_bug_of_ours_while_unpickling_is_not_reported_as_a_damaged_file(musicg
                                                                           monkeypatch):
     """Damage is what the unpickler or our checks refuse; an error raised inside our own code
     (here: a persistent id handler that breaks) propagates as itself, with its traceback."""
-    import audiocraft_ext.safe_load as safe_load
+    import audiocraft_ext.untrusted.safe_load as safe_load
 
     def broken(self, saved_id):
         return 1 / 0

@@ -3,8 +3,8 @@ import torch
 
 from audiocraft_ext.config import StateChoice
 from audiocraft_ext.errors import ExportError
-from audiocraft_ext.safe_load import load_checkpoint
-from audiocraft_ext.states import select_state
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.states import select_state
 
 
 def test_auto_takes_best_state_when_fsdp_best_state_is_empty(musicgen_ckpt):

@@ -99,7 +99,7 @@ def _run_dirs(root: Path) -> list[Path]:
 
 def _assert_logged_like_the_app(proc: subprocess.CompletedProcess) -> None:
     """Logs on stderr (stdout is for the release path), without xformers' import notice."""
-    assert "[audiocraft_ext.app][INFO] - release " in proc.stderr
+    assert "[audiocraft_ext.app.job][INFO] - release " in proc.stderr
     assert "[INFO]" not in proc.stdout
     assert "xformers" not in proc.stderr.lower()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiocraft_ext.torch_writer import save_streaming
-from audiocraft_ext.torch_zip import ALIGNMENT
+from audiocraft_ext.writing.torch_writer import save_streaming
+from audiocraft_ext.writing.torch_zip import ALIGNMENT
 
 from helpers import assert_same_state
 

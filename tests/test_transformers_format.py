@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audiocraft_ext.demo import compose_xp_config
-from audiocraft_ext.transformers_equivalence import prove
-from audiocraft_ext.transformers_format import refusals
+from audiocraft_ext.app.demo import compose_xp_config
+from audiocraft_ext.transformers_format.equivalence import prove
+from audiocraft_ext.transformers_format.mapping import refusals
 
 CARD = 512  # 9 bits: 4 codebooks fit 4.44's and 5.x's bandwidth rules at once
 LM_OVERRIDES = ["compression_model_checkpoint=//sig/none", f"transformer_lm.card={CARD}",
@@ -144,7 +144,7 @@ def test_bandwidth_that_no_stack_agrees_on_is_refused(built: dict) -> None:
 
 
 def test_mapping_refuses_and_drops_nothing(built: dict) -> None:
-    from audiocraft_ext.transformers_format import checked_decoder, decoder_state
+    from audiocraft_ext.transformers_format.mapping import checked_decoder, decoder_state
 
     with pytest.raises(ValueError, match="codebooks pattern 'parallel'"):
         checked_decoder(_with(built["lm_cfg"], "codebooks_pattern.modeling", "parallel"),
@@ -158,8 +158,12 @@ def test_encodec_variants_are_equivalent(causal: bool, tmp_path) -> None:
     from audiocraft.models import builders
     from transformers import EncodecConfig, EncodecModel
 
-    from audiocraft_ext.transformers_equivalence import encodec_figures, load_strictly, write_folder
-    from audiocraft_ext.transformers_format import encodec_config_kwargs, encodec_state
+    from audiocraft_ext.transformers_format.equivalence import (
+        encodec_figures,
+        load_strictly,
+        write_folder,
+    )
+    from audiocraft_ext.transformers_format.mapping import encodec_config_kwargs, encodec_state
 
     torch.manual_seed(2)
     cfg = compose_xp_config("encodec", [f"rvq.bins={CARD}", f"encodec.causal={causal}",

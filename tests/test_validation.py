@@ -9,13 +9,13 @@ import torch
 
 from audiocraft_ext import ExportError, export_release
 from audiocraft_ext.config import StateChoice
-from audiocraft_ext.lazy_tensors import CastTensor
-from audiocraft_ext.lean_loading import lean_loading, no_init
-from audiocraft_ext.release import LM_FILE, release_package, save_package
-from audiocraft_ext.safe_load import load_checkpoint
-from audiocraft_ext.states import select_state
-from audiocraft_ext.validation import _check_release_file
-from audiocraft_ext.xp_config import xp_config
+from audiocraft_ext.untrusted.lazy_tensors import CastTensor
+from audiocraft_ext.untrusted.safe_load import load_checkpoint
+from audiocraft_ext.untrusted.states import select_state
+from audiocraft_ext.untrusted.xp_config import xp_config
+from audiocraft_ext.validation.audiocraft_checks import _check_release_file
+from audiocraft_ext.validation.lean_loading import lean_loading, no_init
+from audiocraft_ext.writing.release_format import LM_FILE, release_package, save_package
 
 from helpers import torch_load
 
@@ -86,7 +86,7 @@ def test_the_file_check_catches_a_file_of_another_size(written_release):
 def test_bytes_changed_behind_the_directory_are_caught_by_the_load_check(
         musicgen_ckpt, tmp_path, monkeypatch):
     """The file check trusts the record bytes to their CRC; the loaders compare every value."""
-    import audiocraft_ext.exporter as exporter
+    import audiocraft_ext.pipeline.export as exporter
 
     real_write = exporter._write
 
@@ -157,7 +157,7 @@ def _mapped_rss(path) -> int:
 
 
 def test_mapped_pages_are_given_back_once_copied_and_read_again_when_needed(tmp_path):
-    from audiocraft_ext.lean_loading import _MappedStorages
+    from audiocraft_ext.validation.lean_loading import _MappedStorages
 
     path = tmp_path / "state_dict.bin"
     torch.save({"a": torch.arange(4 << 20, dtype=torch.float32), "b": torch.ones(3)}, path)

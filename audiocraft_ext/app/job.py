@@ -1,0 +1,154 @@
+"""One Hydra job of the app: export or inspect what the composed configuration designates."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, cast
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+
+from ..config import CONF_DIR, ExportConfig, Mode, RecordPaths
+from ..errors import ExportError, command_line_messages, first_line
+from ..pipeline.export import ExportResult, export_release
+from ..untrusted.sources import resolve_input
+from ..writing.recorded_paths import PathRecorder
+from ..writing.release_format import CONFIG_FILE
+from .sweep_summary import JOB_RECORD
+
+logger = logging.getLogger(__name__)
+
+
+# the config groups of conf/export.yaml, in their defaults-list order
+GROUPS = ("input", "state", "compression", "output", "validate")
+# conf/export_hydra.yaml: the app's hydra: settings (logging on stderr, sweep summary callback,
+# run dirs, help), which a re-run from a release must get from the package like the original
+HYDRA_SETTINGS = "export_hydra"
+
+
+def run_job(cfg: DictConfig) -> ExportResult | None:
+    """One Hydra job: export, log, and leave a record of the outcome for the sweep summary.
+
+    In a single run an ExportError propagates (the app exits 1); in a multirun it is
+    recorded instead, so that one bad checkpoint does not stop the sweep.
+    """
+    started = time.perf_counter()
+    hydra_cfg = cast(DictConfig, HydraConfig.get())  # typed as its schema, a DictConfig
+    record: dict[str, Any] = {"job": OmegaConf.select(hydra_cfg, "job.num", default=None),
+                              "overrides": list(HydraConfig.get().overrides.task)}
+    result = None
+    try:
+        with command_line_messages():
+            result = run(cfg)
+        record.update(status="ok", **(_result_facts(result) if result else {}))
+    except Exception as exc:
+        record.update(status="failed", error=str(exc) if isinstance(exc, ExportError)
+                      else f"{type(exc).__name__}: {first_line(exc)}")
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        if isinstance(exc, ExportError):
+            logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
+        else:
+            logger.error("unexpected failure:\n%s", traceback.format_exc())
+    finally:
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        out = Path(HydraConfig.get().runtime.output_dir) / JOB_RECORD
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    return result
+
+
+def _result_facts(result: ExportResult) -> dict[str, Any]:
+    m = result.manifest
+    _, main = m.main_file()
+    return {"source": m.source.path, "release": str(result.release_dir), "state": m.state.key,
+            "bytes": main.bytes, "sha256": main.sha256,
+            "validation": m.validation.passed if m.validation else "none"}
+
+
+def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
+    """The composed config as a primary config: the chosen options, the app's hydra settings
+    (by name: nothing of this run's dirs or overrides) and every value, its paths recorded as
+    ``recorder`` says."""
+    choices = HydraConfig.get().runtime.choices
+    values = recorder.values(_plain_config(cfg))
+    for group in GROUPS:
+        # what the chosen option's own file sets (validate/load.yaml: level) is left to it, so
+        # that a re-run with another option of the group (validate=none) takes that option's
+        for key, value in _option_values(group, choices[group]).items():
+            if values.get(group, {}).get(key) == value:
+                del values[group][key]
+    defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), HYDRA_SETTINGS,
+                "_self_"]
+    return OmegaConf.create({"defaults": defaults, **values})
+
+
+def _option_values(group: str, option: str) -> dict[str, Any]:
+    """The values a group option's YAML file sets itself (its defaults list aside)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    content = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    assert isinstance(content, dict)  # an option file is a mapping
+    return {str(k): v for k, v in content.items() if k != "defaults"}
+
+
+def run(cfg: DictConfig) -> ExportResult | None:
+    """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates; with
+    mode=list, describe every XP of its Dora dir."""
+    try:
+        spec = cast(ExportConfig, OmegaConf.to_object(cfg))  # the schema's instance
+    except MissingMandatoryValue as exc:
+        raise ExportError(f"{exc.full_key} is required: add {exc.full_key}=... to the command"
+                          ) from exc
+    if spec.mode is Mode.list:  # a whole Dora dir: no one checkpoint to resolve
+        from .listing import list_command
+
+        print(list_command(spec.input, spec.list))
+        return None
+    source = resolve_input(spec.input)
+    if spec.mode is Mode.inspect:
+        from .inspection import format_inspection, inspect_checkpoint
+
+        print(format_inspection(inspect_checkpoint(source, trust=spec.input.trust),
+                                as_json=spec.inspect.json))
+        return None
+    out_dir = (Path(spec.output.dir) if spec.output.dir
+               else Path(HydraConfig.get().runtime.output_dir) / source.name)
+    recorder = PathRecorder(source.dora_dir,
+                            absolute=spec.output.record_paths is RecordPaths.absolute,
+                            rerunnable=True)
+    result = export_release(
+        source, out_dir, state=spec.state, compression=spec.compression,
+        validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
+        trust=spec.input.trust, samples=spec.output.samples, license=spec.output.license,
+        record_paths=spec.output.record_paths, transformers=spec.output.transformers,
+        text_encoder=spec.output.text_encoder, config=_plain_config(cfg),
+        extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
+    _log_summary(result)
+    return result
+
+
+def _plain_config(cfg: DictConfig) -> dict[str, Any]:
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)  # the composed config is a DictConfig
+    return {str(k): v for k, v in values.items()}
+
+
+def _log_summary(result: ExportResult) -> None:
+    m = result.manifest
+    logger.info("source  %s", m.source.path)
+    logger.info("state   %s: %d tensors, %d parameters, %s", m.state.key, m.state.tensors,
+                m.state.parameters, ", ".join(f"{n} x {d}" for d, n in m.state.dtypes.items()))
+    logger.info("compression model %s", m.compression.reference if m.compression else "none")
+    for name, facts in m.files.items():
+        logger.info("file    %s  %d bytes  sha256 %s", name, facts.bytes, facts.sha256[:16])
+    if m.validation is not None:
+        v = m.validation
+        checks = ", ".join(f"{c['check']} {'ok' if c['ok'] else 'FAILED'}" for c in v.checks)
+        logger.info("validate=%s: %s%s", v.level, checks or "nothing checked",
+                    "".join(f"; skipped {s}" for s in v.skipped))
+    logger.info("release %s", result.release_dir)

@@ -1,0 +1,159 @@
+"""The release manifest (``export.json``): typed records, built once by the exporter."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..untrusted.lazy_tensors import TensorLike
+from ..untrusted.training_history import TrainingSummary
+from ..writing.release_format import COMPRESSION_FILE, LM_FILE, audiocraft_version
+from .model_facts import ModelRecord
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """Size and modification time of a source file."""
+
+    path: str
+    bytes: int
+    mtime: str
+
+    @classmethod
+    def of(cls, path: Path) -> FileFacts:
+        stat = path.stat()
+        return cls(str(path), stat.st_size,
+                   datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat())
+
+
+@dataclass(frozen=True)
+class StateFacts:
+    """Tensor count, parameter count, dtypes and bytes of a flat state dict."""
+
+    tensors: int
+    parameters: int
+    dtypes: dict[str, int]
+    bytes: int
+
+    @classmethod
+    def of(cls, state: Mapping[str, TensorLike]) -> StateFacts:
+        dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.values())
+        return cls(tensors=len(state), parameters=sum(t.numel() for t in state.values()),
+                   dtypes=dict(sorted(dtypes.items())),
+                   bytes=sum(t.numel() * t.element_size() for t in state.values()))
+
+
+@dataclass(frozen=True)
+class SourceRecord(FileFacts):
+    """The training checkpoint exported."""
+
+    name: str  # the release folder's default name
+    solver: str | None
+    xp_sig: str | None
+    # the XP's Dora overrides (.argv.json) and the solver config among them (musicgen/debug):
+    # the model card's fine-tuning recipe builds the same model with them
+    argv: list[str] | None = None
+    solver_config: str | None = None
+
+
+@dataclass(frozen=True)
+class StateRecord(StateFacts):
+    """The released weights: what was asked for and what it resolved to."""
+
+    selected: str  # the state choice (auto, best, ...)
+    key: str  # the checkpoint key exported, or "average"
+    dtype: str  # output.dtype
+    members: list[dict[str, Any]] | None = None  # state=average: the files averaged
+
+
+@dataclass(frozen=True)
+class CompressionRecord:
+    """The compression model shipped beside an LM."""
+
+    reference: str  # //pretrained/NAME, //sig/SIG or a path
+    pretrained: str | None
+    source: FileFacts | None  # the file read, if any
+    key: str | None  # the checkpoint key exported, for a training checkpoint
+    state: StateFacts | None
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ValidationReport:
+    """What validation proved: one entry per check run, and what was skipped and why."""
+
+    level: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    # a local compression model validated in place of a //pretrained/ one
+    # (validate.compression_model)
+    compression_stand_in: str | None = None
+
+    @property
+    def passed(self) -> str:
+        """``<level>: ok`` once at least one check ran (all pass, or validation raises)."""
+        return f"{self.level}: ok" if self.checks else self.level
+
+
+@dataclass
+class Manifest:
+    """Everything ``export.json`` records about a release."""
+
+    release: str
+    source: SourceRecord
+    state: StateRecord
+    compression: CompressionRecord | None
+    repairs: list[str]
+    files: dict[str, ReleaseFile]
+    versions: dict[str, str]
+    config: dict[str, Any] | None
+    validation: ValidationReport | None = None
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: ModelRecord | None = None
+    training: TrainingSummary | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)  # samples/ clips kept
+    curves: str | None = None  # the training curves picture, when drawn
+    license: str | None = None
+    record_paths: str = "relative"  # output.record_paths
+    paths_recorded: list[str] = field(default_factory=list)  # xp.cfg keys made relative
+    # output.transformers: the model class, its text encoder, files and the equivalence proof
+    transformers: dict[str, Any] | None = None
+
+    def main_file(self) -> tuple[str, ReleaseFile]:
+        """The LM file, or for an EnCodec-only release its compression model file."""
+        name = LM_FILE if LM_FILE in self.files else COMPRESSION_FILE
+        return name, self.files[name]
+
+    def to_json(self) -> dict[str, Any]:
+        """The export.json layout: the compression model's state facts beside its other facts,
+        ``members`` only for an average."""
+        data = dataclasses.asdict(self)
+        if data["state"]["members"] is None:
+            del data["state"]["members"]
+        if data["compression"] is not None:
+            data["compression"].update(data["compression"].pop("state") or {})
+        return data
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import omegaconf
+
+    import audiocraft_ext
+
+    return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft_version(),
+            "torch": torch.__version__, "omegaconf": omegaconf.__version__,
+            "hydra": hydra.__version__, "python": platform.python_version()}

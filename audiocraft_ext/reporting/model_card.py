@@ -1,0 +1,279 @@
+"""The release's model card (``README.md``), generated from its manifest alone.
+
+The Hugging Face Hub renders a repository's README.md as its model card and reads the YAML
+front matter (library, pipeline, license, tags). Every sentence here is a template filled from
+:class:`~.manifest.Manifest`: no per-release hand-written text, and nothing the manifest does
+not record (so nothing private when paths are recorded relative).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from ..writing.release_format import COMPRESSION_FILE, LM_FILE
+from .finetune import finetune_command
+from .manifest import Manifest
+from .model_facts import COMPRESSION_CLASS
+
+UNSET_LICENSE = "unknown"
+# what each level proves, as the README's Validation section says it
+PROOFS = {
+    "full": "the files hold exactly what was written; stock AudioCraft's `get_pretrained` "
+            "loads the folder and every tensor equals the source checkpoint's bit for bit; the "
+            "model generates audio of the right shape with finite samples",
+    "load": "the files hold exactly what was written; AudioCraft's loaders rebuild the models "
+            "and every tensor equals the source checkpoint's bit for bit",
+    "none": "nothing (validation was turned off)",
+}
+FAMILY_TAGS = {"musicgen": ["music-generation"], "audiogen": ["sound-generation"],
+               "magnet": ["music-generation", "magnet"], "audio_magnet": ["sound-generation",
+                                                                          "magnet"]}
+
+
+def render_model_card(manifest: Manifest) -> str:
+    """The model card of a release, as Markdown with Hugging Face front matter."""
+    model = manifest.model
+    is_lm = model is not None and model.model_class not in (None, COMPRESSION_CLASS)
+    parts = [_front_matter(manifest, is_lm), _title(manifest, is_lm), _license_note(manifest),
+             _model_section(manifest, is_lm), _training_section(manifest),
+             _samples_section(manifest), _usage_section(manifest, is_lm),
+             _transformers_section(manifest),
+             _finetune_section(manifest, is_lm), _provenance_section(manifest),
+             _validation_section(manifest)]
+    return "\n".join(part for part in parts if part)
+
+
+def _front_matter(m: Manifest, is_lm: bool) -> str:
+    family = m.source.solver or "unknown"
+    text_conditioned = is_lm and m.model is not None and any(
+        kind.split()[0] in ("t5", "lut") for kind in m.model.conditioners.values())
+    tags = ["audiocraft", family, *FAMILY_TAGS.get(family, []),
+            *(["transformers"] if m.transformers else [])]
+    if not is_lm:
+        tags += ["encodec", "audio-tokenizer"]
+    lines = ["---", "library_name: audiocraft"]
+    if text_conditioned:
+        lines.append("pipeline_tag: text-to-audio")
+    lines.append(f"license: {_yaml_scalar(m.license or UNSET_LICENSE)}")
+    lines += ["tags:", *(f"- {_yaml_scalar(t)}" for t in dict.fromkeys(tags)), "---", ""]
+    return "\n".join(lines)
+
+
+def _yaml_scalar(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a YAML string: quoted, escaped
+
+
+def _title(m: Manifest, is_lm: bool) -> str:
+    what = (m.model.model_class if m.model and m.model.model_class else m.source.solver) \
+        if is_lm else "EnCodec compression model"
+    return f"# {m.source.name}: {what} trained with AudioCraft\n"
+
+
+def _license_note(m: Manifest) -> str:
+    if m.license:
+        return ""
+    return ("> **License not set.** Choose the license of these weights and export again with "
+            "`output.license=<id>` (a Hugging Face license identifier), or edit the "
+            "`license:` line above before sharing.\n")
+
+
+def _params(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit} ({n:,})"
+    return str(n)
+
+
+def _rows(rows: list[tuple[str, Any]]) -> str:
+    body = [f"| {name} | {value} |" for name, value in rows if value not in (None, "", [])]
+    return "\n".join(["| | |", "| --- | --- |", *body]) + "\n"
+
+
+def _model_section(m: Manifest, is_lm: bool) -> str:
+    model = m.model
+    if model is None:
+        return ""
+    loader = f"`audiocraft.models.{model.model_class}`" if model.model_class else None
+    codebooks = None
+    if model.codebooks is not None:
+        codebooks = f"{model.codebooks} x {model.card} entries"
+        if model.frame_rate is not None:
+            codebooks += f" at {model.frame_rate:g} frames/s"
+        if model.codebooks_pattern:
+            codebooks += f", `{model.codebooks_pattern}` pattern"
+    transformer = None
+    if is_lm and model.dim is not None:
+        transformer = f"dim {model.dim}, {model.num_layers} layers, {model.num_heads} heads"
+    audio = None
+    if model.sample_rate is not None:
+        audio = f"{model.sample_rate} Hz, {model.channels} channel(s)"
+    conditioning = ", ".join(f"{a}: {k}" for a, k in model.conditioners.items()) if is_lm \
+        else None
+    compression = None
+    if m.compression is not None:
+        compression = f"`{m.compression.reference}`" + (
+            " (a pointer: AudioCraft fetches it by name)" if m.compression.pretrained
+            else f", shipped as `{COMPRESSION_FILE}`")
+    rows = [("Family", f"`{model.family}`, loaded with {loader}"),
+            ("Parameters", _params(m.state.parameters)),
+            ("Weights", ", ".join(f"{n} x {d}" for d, n in m.state.dtypes.items())),
+            ("Transformer", transformer), ("Audio", audio), ("Codebooks", codebooks),
+            ("Conditioning", conditioning or ("none" if is_lm else None)),
+            ("Classifier-free guidance", model.cfg_coef),
+            ("Training segments", f"{model.segment_duration:g} s"
+             if model.segment_duration is not None else None),
+            ("Compression model", compression)]
+    return "## Model\n\n" + _rows(rows)
+
+
+def _training_section(m: Manifest) -> str:
+    t = m.training
+    if t is None or t.epochs == 0:
+        return ""
+    lines = ["## Training\n", f"{t.epochs} epoch(s) trained."]
+    if t.best_metric is not None and t.best_value is not None:
+        lines[-1] += (f" Best valid `{t.best_metric}` {t.best_value:.4g} at epoch "
+                      f"{t.best_epoch} (the rule AudioCraft picks its best state by).")
+    metrics = list(dict.fromkeys([*t.last.get("valid", {}), *t.last.get("train", {})]))[:12]
+    if metrics:
+        lines += ["", "Last epoch:", "", "| metric | train | valid |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {_num(t.metric(name, 'train'))} | {_num(t.metric(name))} |"
+                  for name in metrics]
+    if m.curves:
+        lines += ["", f"![Training curves]({m.curves})"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _samples_section(m: Manifest) -> str:
+    if not m.samples:
+        return ""
+    lines = ["## Listen\n"]
+    for s in m.samples:
+        what = (f'"{s["description"]}"' if s["name"] == "text"
+                else s["description"] or "no conditioning")
+        lines += [f"**{s['name']}**: {what} ({s['seconds']:g} s, {s['sample_rate']} Hz)", "",
+                  f'<audio controls src="{s["audio"]}"></audio>', "",
+                  f"![Spectrogram of {s['name']}]({s['spectrogram']})", ""]
+    return "\n".join(lines)
+
+
+def _usage_section(m: Manifest, is_lm: bool) -> str:
+    folder = m.release
+    if not is_lm:
+        code = ["from audiocraft.models import CompressionModel", "",
+                f'model = CompressionModel.get_pretrained("{folder}/{COMPRESSION_FILE}")',
+                "codes, scale = model.encode(wav)  # wav: [batch, channels, samples]",
+                "audio = model.decode(codes, scale)"]
+    else:
+        assert m.model is not None  # an LM has its model facts
+        cls = m.model.model_class
+        prompt = "" if not m.model.conditioners else '"warm lo-fi piano with soft drums"'
+        code = [f"from audiocraft.models import {cls}", "",
+                f'model = {cls}.get_pretrained("{folder}")  # this folder',
+                "model.set_generation_params(duration=8)" if cls != "MAGNeT" else
+                "model.set_generation_params()",
+                f"wav = model.generate([{prompt}])" if prompt else
+                "wav = model.generate_unconditional(1)"]
+    return "\n".join(["## Use it\n", "With AudioCraft installed:", "", "```python", *code,
+                      "```", ""])
+
+
+def _transformers_section(m: Manifest) -> str:
+    hf = m.transformers
+    if hf is None:
+        return ""
+    folder = m.release
+    proof = hf.get("proof")
+    if hf["model_class"] == "EncodecModel":
+        lines = ["## Use it with 🤗 transformers\n", "This folder is also an `EncodecModel`:",
+                 "", "```python", "from transformers import AutoFeatureExtractor, EncodecModel",
+                 "", f'model = EncodecModel.from_pretrained("{folder}")',
+                 f'features = AutoFeatureExtractor.from_pretrained("{folder}")',
+                 "codes = model.encode(**features(raw_audio=wav, sampling_rate=features."
+                 'sampling_rate, return_tensors="pt")).audio_codes', "```", ""]
+        if proof:
+            lines += ["Proven equal to AudioCraft's model when exported (float32): decoding "
+                      f"differs by at most {proof['encodec_decode_max_abs_diff']:.2g}, encoding "
+                      f"gives {proof['encodec_encode_identical_codes']:.0%} identical codes.", ""]
+        return "\n".join(lines)
+    lines = ["## Use it with 🤗 transformers\n",
+             "This folder is also a `MusicgenForConditionalGeneration` (text encoder "
+             f"`{hf['text_encoder']}`):", "", "```python",
+             "from transformers import AutoProcessor, MusicgenForConditionalGeneration", "",
+             f'processor = AutoProcessor.from_pretrained("{folder}")',
+             f'model = MusicgenForConditionalGeneration.from_pretrained("{folder}")',
+             'inputs = processor(text=["warm lo-fi piano with soft drums"], '
+             'return_tensors="pt")',
+             "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
+    if proof:
+        lines += [
+            "Proven equal to AudioCraft's model when exported (float32): decoder logits differ "
+            f"by at most {proof['lm_logits_max_abs_diff']:.2g}, EnCodec decoding by "
+            f"{proof['encodec_decode_max_abs_diff']:.2g}, encoding gives "
+            f"{proof['encodec_encode_identical_codes']:.0%} identical codes, and greedy "
+            f"decoding {proof['greedy_identical_frames']} of {proof['greedy_frames']} "
+            "identical frames; `pipeline(\"text-to-audio\")` produces audio at "
+            f"{proof['pipeline_sampling_rate']} Hz.", ""]
+    return "\n".join(lines)
+
+
+def _finetune_section(m: Manifest, is_lm: bool) -> str:
+    if not is_lm or m.compression is None or LM_FILE not in m.files:
+        return ""
+    solver = m.source.solver_config or "<the XP's solver config>"
+    # absolute: audiocraft's training runs inside its own XP folder; the shell fills $PWD in
+    command = finetune_command(f"$PWD/{PurePosixPath(m.release).name}", solver,
+                               m.source.argv or [])
+    return "\n".join([
+        "## Fine-tune with AudioCraft\n",
+        "AudioCraft's own training continues from this release, from the folder that holds "
+        "it (the training needs the release's absolute path: the shell's `$PWD` gives it). "
+        "The model is built from the solver config and overrides the XP was trained with "
+        + ("(its Dora `.argv.json`)" if m.source.argv else
+           "(not recorded: give the same model settings as the XP)")
+        + "; change data and optimisation settings as you need. The compression model is "
+        "the one shipped here, so the original XP and its Dora dir are not needed:", "",
+        "```bash", " ".join(["dora -P audiocraft run", *map(_shell_word, command)]), "```",
+        ""])
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell when needed, keeping ``$PWD`` expandable."""
+    if re.fullmatch(r"[\w@%+=:,./$-]*", word) and "$" not in word.replace("$PWD", ""):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def _provenance_section(m: Manifest) -> str:
+    s = m.source
+    rows = [("Source", f"`{s.path}`" + (f" (XP `{s.xp_sig}`)" if s.xp_sig else "")),
+            ("State", f"`{m.state.key}` (state={m.state.selected}, dtype={m.state.dtype})"),
+            *((f"`{name}`", f"{f.bytes:,} bytes, sha256 `{f.sha256}`")
+              for name, f in m.files.items()),
+            ("Made with", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
+            ("Config repairs", "; ".join(m.repairs)),
+            ("Paths", "relative to the Dora dir" if m.record_paths == "relative"
+             else "as given (absolute)")]
+    return "## Provenance\n\n" + _rows(rows)
+
+
+def _validation_section(m: Manifest) -> str:
+    v = m.validation
+    if v is None:
+        return ""
+    lines = ["## Validation\n",
+             f"`validate={v.level}` proved {PROOFS.get(v.level, v.level)}.", ""]
+    for check in v.checks:
+        extra = f" ({check['model_class']})" if "model_class" in check else ""
+        lines.append(f"- `{check['check']}`{extra}: {'ok' if check['ok'] else 'FAILED'}")
+    lines += [f"- skipped: {s}" for s in v.skipped]
+    if v.compression_stand_in:
+        lines.append(f"- validated with the local compression model `{v.compression_stand_in}`")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,261 @@
+"""The 🤗 transformers half of a release (``output.transformers=true``).
+
+Beside AudioCraft's files, a MusicGen or AudioGen release gets what
+``MusicgenForConditionalGeneration.from_pretrained(folder)`` and
+``AutoProcessor.from_pretrained(folder)`` load, in the Hugging Face Hub's layout (the one both
+transformers 4.44 and 5.x read): the model's ``config.json`` and ``model.safetensors`` (decoder
+and audio encoder from the exported states, text encoder from the T5 the LM was trained with),
+``generation_config.json``, ``preprocessor_config.json`` and the T5 tokenizer's files.
+Validation then proves that the folder computes what AudioCraft computes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..errors import ExportError, first_line, setting, shown
+from ..validation.lean_loading import lean_loading
+from ..writing.release_format import (
+    COMPRESSION_FILE,
+    TOKENIZER_FILES,
+    TRANSFORMERS_FILES,
+    write_text,
+)
+from .equivalence import (
+    encodec_figures,
+    lm_figures,
+    load_strictly,
+    text_encoder_config,
+    write_folder,
+)
+from .mapping import (
+    checked_decoder,
+    checked_encodec,
+    encodec_config_kwargs,
+    encodec_refusals,
+    encodec_state,
+    generation_kwargs,
+    musicgen_state,
+    refusals,
+    value,
+)
+
+MODEL_CLASS = "MusicgenForConditionalGeneration"
+ENCODEC_CLASS = "EncodecModel"
+# what the proof accepts (float32): transformers computes its position table differently,
+# a rounding difference that grows with the position (~1e-6 at 20 frames)
+MAX_ABS_DIFF = 1e-4
+PROOF_FRAMES = 20
+
+
+def refusal(lm_cfg: DictConfig, compression_package: Mapping[str, Any] | None,
+            compression_cfg: DictConfig | None) -> str | None:
+    """Why this LM cannot be written in transformers' format (one line), or None."""
+    if compression_package is None:
+        return (f"its EnCodec is part of transformers' model: {setting('compression=none')} "
+                "leaves it out")
+    if "pretrained" in compression_package or compression_cfg is None:
+        return ("its compression model is a //pretrained/ pointer, whose weights the release "
+                "does not hold; ship an EnCodec file with "
+                f"{setting('compression.path', '<EnCodec checkpoint>')}")
+    found = refusals(lm_cfg, compression_cfg)
+    return "; ".join(found) if found else None
+
+
+def write_encodec_files(folder: Path, compression_cfg: DictConfig,
+                        compression_state: Mapping[str, Any]) -> dict[str, Any]:
+    """An EnCodec-only release's transformers files (``EncodecModel`` with all its
+    codebooks); return what the manifest records."""
+    import transformers
+
+    problems = encodec_refusals(compression_cfg)
+    if problems:
+        raise ExportError("; ".join(problems))
+    n_q = int(value(compression_cfg, "rvq.n_q"))
+    config = transformers.EncodecConfig(**encodec_config_kwargs(compression_cfg, n_q))
+    write_folder(folder, config, encodec_state(compression_state, n_q))
+    transformers.EncodecFeatureExtractor(
+        feature_size=config.audio_channels,
+        sampling_rate=config.sampling_rate).save_pretrained(folder)
+    return {"model_class": ENCODEC_CLASS, "files": _fsynced(folder)}
+
+
+def _fsynced(folder: Path) -> list[str]:
+    """The transformers files in ``folder``, each fsync'ed like the rest of the release
+    (transformers and safetensors write them without)."""
+    names = sorted(p.name for p in folder.iterdir() if p.name in TRANSFORMERS_FILES)
+    for name in names:
+        fd = os.open(folder / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return names
+
+
+def prove_encodec(folder: Path, compression_cfg: DictConfig) -> dict[str, Any]:
+    """Load the folder as ``EncodecModel`` and compare it with AudioCraft's compression model
+    built from the release: decoding and encoding (on the CPU, in float32)."""
+    import transformers
+    from audiocraft.models import CompressionModel
+
+    model = _loaded(transformers.EncodecModel, folder)
+    with lean_loading():
+        ours = CompressionModel.get_pretrained(str(folder / COMPRESSION_FILE), device="cpu")
+    figures = encodec_figures(ours.eval(), model, int(value(compression_cfg, "rvq.n_q")))
+    if not (figures["encodec_decode_max_abs_diff"] <= MAX_ABS_DIFF
+            and figures["encodec_encode_identical_codes"] == 1.0):
+        raise ExportError(f"transformers' EncodecModel differs from AudioCraft's: {figures}")
+    return {"max_abs_diff_allowed": MAX_ABS_DIFF, **figures}
+
+
+def t5_name(lm_cfg: DictConfig) -> str:
+    """The T5 model the LM's text conditioner was trained with (e.g. ``t5-base``)."""
+    [attribute] = value(lm_cfg, "fuser.cross")  # refusals() made sure there is exactly one
+    return str(value(lm_cfg, f"conditioners.{attribute}.t5.name"))
+
+
+def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str, Any],
+                         compression_cfg: DictConfig, compression_state: Mapping[str, Any],
+                         text_encoder: str | None) -> dict[str, Any]:
+    """Write the transformers files into ``folder``; return what the manifest records."""
+    import transformers
+
+    source = text_encoder or t5_name(lm_cfg)
+    try:
+        t5 = transformers.T5EncoderModel.from_pretrained(source)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"{setting('output.transformers', True)} needs the T5 text encoder {shown(source)}, "
+            f"which transformers could not load here ({first_line(exc)}); it comes from the "
+            "Hugging Face Hub or its cache (HF_HOME), or give a local folder with "
+            f"{setting('output.text_encoder', '<folder>')}") from exc
+    encodec_kwargs, encodec = checked_encodec(lm_cfg, compression_cfg, compression_state)
+    n_q = int(value(lm_cfg, "transformer_lm.n_q"))
+    frames = _segment_frames(lm_cfg, encodec_kwargs)
+    decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
+    decoder_kwargs["max_position_embeddings"] = max(2048, frames + n_q)
+    config = transformers.MusicgenConfig(
+        text_encoder=text_encoder_config(t5),
+        audio_encoder=transformers.EncodecConfig(**encodec_kwargs).to_dict(),
+        decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
+    text_state = {k: v.detach().clone().contiguous() for k, v in t5.state_dict().items()}
+    write_folder(folder, config, musicgen_state(decoder, projection, encodec, text_state))
+    # the delay pattern needs n_q - 1 steps beyond the frames of one training segment
+    transformers.GenerationConfig(**generation_kwargs(lm_cfg), max_new_tokens=frames + n_q - 1
+                                  ).save_pretrained(folder)
+    transformers.EncodecFeatureExtractor(
+        feature_size=encodec_kwargs["audio_channels"],
+        sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
+    _name_the_processor(folder / "preprocessor_config.json")
+    _save_tokenizer(tokenizer, source, folder)
+    return {"model_class": MODEL_CLASS, "text_encoder": source, "files": _fsynced(folder)}
+
+
+def _segment_frames(lm_cfg: DictConfig, encodec_kwargs: Mapping[str, Any]) -> int:
+    hop = 1
+    for ratio in encodec_kwargs["upsampling_ratios"]:
+        hop *= ratio
+    seconds = value(lm_cfg, "dataset.segment_duration")
+    seconds = float(seconds) if isinstance(seconds, (int, float)) else 30.0
+    return int(seconds * encodec_kwargs["sampling_rate"] / hop)
+
+
+def _name_the_processor(path: Path) -> None:
+    """The Hub's layout: AutoProcessor finds MusicgenProcessor through the feature extractor's
+    file (5.x's processor_config.json would break 4.44)."""
+    content = json.loads(path.read_text())
+    content["processor_class"] = "MusicgenProcessor"
+    write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", path)
+
+
+def _save_tokenizer(tokenizer: Any, source: str, folder: Path) -> None:
+    """The tokenizer's files, by their fixed names only (a release holds nothing else); the
+    ones transformers 5.x no longer writes (the sentencepiece model, which 4.44's slow
+    tokenizer reads) are copied from where the T5 came from."""
+    from huggingface_hub import try_to_load_from_cache
+
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer.save_pretrained(scratch)
+        for name in TOKENIZER_FILES:
+            found: Any = Path(scratch) / name
+            if not found.is_file():
+                found = Path(source) / name if Path(source).is_dir() else \
+                    try_to_load_from_cache(source, name)
+            if isinstance(found, (str, Path)) and Path(found).is_file():
+                shutil.copyfile(found, folder / name)
+
+
+def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,
+                   compression_model: Any) -> dict[str, Any]:
+    """Load the folder with transformers and compare it with AudioCraft's ``lm`` and
+    ``compression_model`` (built from the same release): decoder logits, EnCodec decoding and
+    encoding, greedy decoding, and the text-to-audio pipeline. Raises ExportError when they
+    differ."""
+    import transformers
+
+    model = _loaded(transformers.MusicgenForConditionalGeneration, folder)
+    transformers.AutoProcessor.from_pretrained(folder)
+    n_q = model.decoder.config.num_codebooks
+    [attribute] = value(lm_cfg, "fuser.cross")
+    coef = float(value(lm_cfg, "classifier_free_guidance.inference_coef"))
+    figures: dict[str, Any] = {
+        **encodec_figures(compression_model, model.audio_encoder, n_q),
+        **lm_figures(lm, model, attribute, coef, frames=PROOF_FRAMES)}
+    problems = [name for name in ("lm_logits_max_abs_diff", "encodec_decode_max_abs_diff")
+                if not figures[name] <= MAX_ABS_DIFF]
+    if figures["encodec_encode_identical_codes"] != 1.0:
+        problems.append("encodec_encode_identical_codes")
+    if figures["greedy_identical_frames"] != figures["greedy_frames"]:
+        problems.append("greedy_identical_frames")
+    figures.update(_pipeline_audio(folder, model.config.audio_encoder.sampling_rate))
+    if problems:
+        raise ExportError("transformers' model differs from AudioCraft's: " + ", ".join(
+            f"{name} {figures[name]}" for name in problems))
+    return {"max_abs_diff_allowed": MAX_ABS_DIFF, **figures}
+
+
+def prove_release(folder: Path, lm_cfg: DictConfig) -> dict[str, Any]:
+    """Build AudioCraft's models from the release with its loaders, then :func:`prove_musicgen`.
+    On the CPU, in float32, whatever validate.device says: the loaders would build a float16
+    model elsewhere, which the 1e-4 bound does not hold for."""
+    from audiocraft.models import loaders
+
+    with lean_loading():
+        compression_model = loaders.load_compression_model(folder, device="cpu")
+        lm = loaders.load_lm_model(folder, device="cpu")
+    return prove_musicgen(folder, lm_cfg, lm.eval(), compression_model.eval())
+
+
+def _loaded(model_class: Any, folder: Path) -> Any:
+    """:func:`load_strictly`, its failure one line (the refusals should have caught it)."""
+    try:
+        return load_strictly(model_class, folder)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"transformers could not load the folder as {model_class.__name__}: "
+                          f"{first_line(exc)}") from exc
+
+
+def _pipeline_audio(folder: Path, sample_rate: int) -> dict[str, Any]:
+    """``pipeline("text-to-audio", model=folder)``: finite audio at the model's rate."""
+    import torch
+    import transformers
+
+    frames = 10
+    speech = transformers.pipeline("text-to-audio", model=str(folder))(
+        "a short test", forward_params={"do_sample": False, "max_new_tokens": frames})
+    audio = torch.as_tensor(speech["audio"])
+    if speech["sampling_rate"] != sample_rate or not bool(torch.isfinite(audio).all()):
+        raise ExportError(f"pipeline('text-to-audio') gave audio at {speech['sampling_rate']} "
+                          f"Hz (expected {sample_rate}) or non-finite samples")
+    return {"pipeline_sampling_rate": speech["sampling_rate"],
+            "pipeline_samples": int(audio.shape[-1])}

@@ -1,0 +1,80 @@
+"""A checkpoint's ``xp.cfg``, treated as data.
+
+An XP config carries interpolations: ``${sample_rate}`` (another key of the same config) and
+resolver calls such as ``${oc.env:USER}``, which read the machine that resolves them. The
+exporter never resolves either against this machine: the values it needs are read raw (an
+interpolation there is an error that says so), and while stock audiocraft builds a model from
+a release's config, no resolver is registered, so ``${oc.env:SECRET}`` fails instead of
+putting this machine's secret into a model, a log line or a manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.basecontainer import BaseContainer
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ExportError, first_line, shown
+from .allowlist import PickledConfig, config_data
+
+
+def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
+    """The checkpoint's ``xp.cfg`` as a fresh config made from its plain data: no flags, no
+    resolver cache, nothing of the pickled objects but their values."""
+    cfg = pkg.get("xp.cfg")
+    try:
+        if isinstance(cfg, PickledConfig) and cfg.kind == "DictConfig":
+            data = config_data(cfg)
+        elif isinstance(cfg, DictConfig):  # a trusted legacy file, read by torch.load
+            data = OmegaConf.to_container(cfg, resolve=False)
+        else:
+            raise ExportError(f"{source} has no xp.cfg config "
+                              f"({'missing' if cfg is None else type(cfg).__name__}): "
+                              "not an AudioCraft solver checkpoint")
+        if not isinstance(data, dict):
+            raise ValueError(f"a {type(data).__name__} where a mapping belongs")
+        return OmegaConf.create(data)
+    except (ValueError, OmegaConfBaseException) as exc:
+        raise ExportError(f"{source}: its xp.cfg is damaged ({first_line(exc)})") from exc
+
+
+def raw_value(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """The value at dotted ``key`` as written, interpolations unresolved (``"${...}"``);
+    ``default`` when a key on the way is absent, null or ``???``."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_interpolation():
+            return default
+        node = node._get_node(part, throw_on_missing_key=False)
+        if node is None or node._is_missing():
+            return default
+    if node._is_interpolation() or not isinstance(node, DictConfig):
+        value = node._value()
+        return default if value is None else value
+    return None if node._is_none() else node
+
+
+def needed_value(cfg: DictConfig, key: str, source: str, default: Any = None) -> Any:
+    """:func:`raw_value`, refusing an interpolation: the exporter needs the literal value."""
+    value = raw_value(cfg, key, default)
+    if isinstance(value, str) and "${" in value:
+        raise ExportError(f"{source}: xp.cfg's {key} is an interpolation ({shown(value)}), "
+                          "which the exporter never resolves (it could read this machine's "
+                          "environment); write the value itself into the config")
+    return value
+
+
+@contextmanager
+def no_resolvers() -> Iterator[None]:
+    """Run a block with no OmegaConf resolver registered (``${oc.env:...}`` and the like
+    fail as unsupported); references to other keys still resolve."""
+    saved = BaseContainer._resolvers
+    BaseContainer._resolvers = {}
+    try:
+        yield
+    finally:  # keep what a module imported meanwhile registered for itself
+        BaseContainer._resolvers = {**saved, **BaseContainer._resolvers}
