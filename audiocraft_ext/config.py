@@ -1,14 +1,16 @@
-"""Structured-config schemas for the export app, registered in Hydra's ConfigStore.
+"""The options of an export: one schema, read by the command line and the library alike.
 
-Every YAML option under ``conf/`` extends one of these dataclasses, so a misspelt key or a
-value of the wrong type fails at composition time, before any file is read.
+Every YAML option under ``conf/`` extends one of these dataclasses (registered in Hydra's
+ConfigStore by :mod:`audiocraft_ext.app.config_store`), so a misspelt key or a value of the
+wrong type fails at composition time, before any file is read. The library takes the same
+dataclasses (:func:`audiocraft_ext.pipeline.export.export`), and messages name an option as
+its field here is named (:func:`audiocraft_ext.errors.setting`).
 """
 
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 # The YAML options of each group: the package's conf/ (in a checkout, a link to the top-level
@@ -180,20 +182,13 @@ class ExportConfig:
     validate: ValidateConfig = MISSING
 
 
-def register_configs() -> None:
-    """Register the schemas that ``conf/`` YAML files extend: ``schema/<group>/<name>``."""
-    cs = ConfigStore.instance()
-    cs.store(group="schema", name="export", node=ExportConfig)
-    for group, name, node in [
-        ("input", "checkpoint", CheckpointInput),
-        ("input", "xp", XPInput),
-        ("input", "demo", DemoInput),
-        ("state", "state", StateConfig),
-        ("compression", "auto", AutoCompression),
-        ("compression", "pretrained", PretrainedCompression),
-        ("compression", "checkpoint", CheckpointCompression),
-        ("compression", "none", NoCompression),
-        ("output", "output", OutputConfig),
-        ("validate", "validate", ValidateConfig),
-    ]:
-        cs.store(group=f"schema/{group}", name=name, node=node)
+# The options of each config group that conf/ offers (conf/<group>/<name>.yaml extends
+# schema/<group>/<name>): group -> option name -> schema.
+OPTIONS: dict[str, dict[str, type]] = {
+    "input": {"checkpoint": CheckpointInput, "xp": XPInput, "demo": DemoInput},
+    "state": {"state": StateConfig},
+    "compression": {"auto": AutoCompression, "pretrained": PretrainedCompression,
+                    "checkpoint": CheckpointCompression, "none": NoCompression},
+    "output": {"output": OutputConfig},
+    "validate": {"validate": ValidateConfig},
+}

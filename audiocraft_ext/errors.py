@@ -4,6 +4,9 @@ its messages name the user's settings."""
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import fields
+
+from .config import OPTIONS
 
 MAX_MESSAGE = 1000  # characters of an error line: enough for two long paths and a reason
 MAX_SHOWN = 120  # characters of one value taken from a file (a name, a key, a config value)
@@ -45,32 +48,43 @@ def first_line(exc: BaseException) -> str:
 
 
 # How messages name a setting: as the command line writes it (the app) or as export_release
-# takes it (the library: the default, since the app says so when it starts a job).
+# takes it (the library: the default, since the app says so when it starts a job). Both forms
+# are derived from the schema (config.OPTIONS), so a new option needs no entry here.
 _COMMAND_LINE: ContextVar[bool] = ContextVar("command_line", default=False)
-# key -> (the command line's key, export_release's argument); a "{}" takes the value
-_SETTINGS = {
-    "output.dir": ("output.dir", "out_dir"),
-    "output.overwrite": ("output.overwrite", "overwrite"),
-    "output.record_paths": ("output.record_paths", "record_paths"),
-    "input.trust": ("input.trust", "trust"),
-    "output.transformers": ("output.transformers", "transformers"),
-    "output.text_encoder": ("output.text_encoder", "text_encoder"),
-    "validate": ("validate", "validate"),
-    "validate.compression_model": ("validate.compression_model",
-                                   "validate=ValidateConfig(compression_model={})"),
-    "compression=none": ("compression=none", "compression=NoCompression()"),
-    "compression.name": ("compression=pretrained compression.name",
-                         "compression=PretrainedCompression(name={})"),
-    "compression.path": ("compression=checkpoint compression.path",
-                         "compression=CheckpointCompression(path={})"),
-}
+# export_release takes these groups' fields as keywords of their own (input.trust -> trust)
+_KEYWORD_GROUPS = ("input", "output")
+_POSITIONAL = {"output.dir": "out_dir"}
+
+
+def _forms(key: str) -> tuple[str, str]:
+    """(the command line's form, export_release's form) of ``key``: ``group``,
+    ``group=option`` or ``group.field``; a ``{}`` in the library's form takes the value."""
+    if "=" in key:  # an option of a group: compression=none
+        group, option = key.split("=", 1)
+        return key, f"{group}={OPTIONS[group][option].__name__}()"
+    group, _, name = key.partition(".")
+    options = OPTIONS[group]
+    if not name:
+        return group, group
+    owners = [option for option, schema in options.items()
+              if name in {f.name for f in fields(schema)}]
+    if not owners:
+        raise KeyError(f"{key} is not an option of the schema")
+    # a field only some options of the group have is written with the option that has it
+    cli = key if len(owners) == len(options) else f"{group}={owners[0]} {key}"
+    if key in _POSITIONAL:
+        return cli, _POSITIONAL[key]
+    if group in _KEYWORD_GROUPS:
+        return cli, name
+    return cli, f"{group}={options[owners[0]].__name__}({name}={{}})"
 
 
 def setting(key: str, value: object = None) -> str:
     """``key`` (optionally ``=value``) as the user writes it: ``output.overwrite=true`` on the
     command line, ``overwrite=True`` for :func:`~audiocraft_ext.export_release`. A value
-    starting with ``<`` or ``...`` is a placeholder, shown as it is."""
-    cli, library = _SETTINGS[key]
+    starting with ``<`` or ``...`` is a placeholder, shown as it is. ``key`` must name an
+    option of the schema (KeyError otherwise)."""
+    cli, library = _forms(key)
     placeholder = isinstance(value, str) and value.startswith(("<", "..."))
     if _COMMAND_LINE.get():
         if value is None:

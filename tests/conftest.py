@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
-from audiocraft_ext.config import register_configs
+from audiocraft_ext.app.config_store import register_configs
 
 from helpers import ROOT, torch_load
 

@@ -199,9 +199,9 @@ def test_unknown_sig_is_a_clear_error(musicgen_xp, tmp_path):
 def test_audiogen_validates_with_audiogen_class(musicgen_xp, tmp_path):
     ckpt = musicgen_xp("solver=audiogen", "dataset.segment_duration=10")
     result = export_release(ckpt, tmp_path / "rel")
-    checks = {c["check"]: c for c in result.manifest.validation.checks}
-    assert checks["get_pretrained"]["model_class"] == "AudioGen"
-    assert checks["generate"]["shapes"]["text"] == [1, 1, 32000]
+    checks = {c.check: c for c in result.manifest.validation.checks}
+    assert checks["get_pretrained"].model_class == "AudioGen"
+    assert checks["generate"].shapes == {"unconditional": [1, 1, 32000], "text": [1, 1, 32000]}
 
 
 def test_plain_omegaconf_config(plain_cfg_ckpt, tmp_path):
@@ -253,7 +253,7 @@ def test_the_manifest_reports_the_whole_process_peak(musicgen_ckpt, tmp_path):
 
 
 def test_only_failures_to_reach_the_network_are_blamed_on_it():
-    from audiocraft_ext.validation.audiocraft_checks import _from_the_network
+    from audiocraft_ext.validation.messages import from_the_network
 
     class LocalEntryNotFoundError(Exception):  # huggingface_hub's, matched by name
         pass
@@ -264,16 +264,16 @@ def test_only_failures_to_reach_the_network_are_blamed_on_it():
         except LocalEntryNotFoundError as exc:
             raise OSError("couldn't connect to 'https://huggingface.co'") from exc
     except OSError as offline:
-        assert _from_the_network(offline)
-    assert _from_the_network(ConnectionRefusedError("refused"))
-    assert not _from_the_network(OSError("foo/bar is not a valid model identifier"))  # a 404
+        assert from_the_network(offline)
+    assert from_the_network(ConnectionRefusedError("refused"))
+    assert not from_the_network(OSError("foo/bar is not a valid model identifier"))  # a 404
     try:
         try:
             raise TimeoutError("earlier, unrelated")
         except TimeoutError:
             raise KeyError("a bug") from None
     except KeyError as hidden:
-        assert not _from_the_network(hidden)  # `from None` hides the context
+        assert not from_the_network(hidden)  # `from None` hides the context
 
 
 @pytest.mark.parametrize("args, message", [

@@ -13,7 +13,7 @@ from audiocraft_ext.untrusted.lazy_tensors import CastTensor
 from audiocraft_ext.untrusted.safe_load import load_checkpoint
 from audiocraft_ext.untrusted.states import select_state
 from audiocraft_ext.untrusted.xp_config import xp_config
-from audiocraft_ext.validation.audiocraft_checks import _check_release_file
+from audiocraft_ext.validation.compare import check_release_file
 from audiocraft_ext.validation.lean_loading import lean_loading, no_init
 from audiocraft_ext.writing.release_format import LM_FILE, release_package, save_package
 
@@ -60,7 +60,7 @@ def _file_mapped_at(address: int) -> str | None:
 
 @pytest.mark.parametrize("cast", [False, True], ids=["copied", "cast"])
 def test_the_file_check_passes_on_what_was_written(written_release, cast):
-    _check_release_file(*written_release(cast))
+    check_release_file(*written_release(cast))
 
 
 @pytest.mark.parametrize("cast", [False, True], ids=["copied", "cast"])
@@ -72,7 +72,7 @@ def test_the_file_check_catches_a_directory_that_lies(written_release, cast):
     struct.pack_into("<I", data, entry + 16, crc ^ 1)
     path.write_bytes(bytes(data))
     with pytest.raises(ExportError, match=r"CRC-32 differs from the bytes written"):
-        _check_release_file(path, state, written)
+        check_release_file(path, state, written)
 
 
 def test_the_file_check_catches_a_file_of_another_size(written_release):
@@ -80,15 +80,15 @@ def test_the_file_check_catches_a_file_of_another_size(written_release):
     with open(path, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ExportError, match=r"holds \d+ bytes; \d+ were written"):
-        _check_release_file(path, state, written)
+        check_release_file(path, state, written)
 
 
 def test_bytes_changed_behind_the_directory_are_caught_by_the_load_check(
         musicgen_ckpt, tmp_path, monkeypatch):
     """The file check trusts the record bytes to their CRC; the loaders compare every value."""
-    import audiocraft_ext.pipeline.export as exporter
+    import audiocraft_ext.pipeline.write as write_step
 
-    real_write = exporter._write
+    real_write = write_step._write_packages
 
     def write_then_flip_a_value(staging, packages):
         written = real_write(staging, packages)
@@ -100,7 +100,7 @@ def test_bytes_changed_behind_the_directory_are_caught_by_the_load_check(
             f.write(bytes([first[0] ^ 0x40]))
         return written
 
-    monkeypatch.setattr(exporter, "_write", write_then_flip_a_value)
+    monkeypatch.setattr(write_step, "_write_packages", write_then_flip_a_value)
     with pytest.raises(ExportError, match=r"^reloaded LM: 1 of \d+ tensors differ from the "
                                           r"source state, first "):
         export_release(musicgen_ckpt, tmp_path / "rel", validate="load")

@@ -21,8 +21,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from .. import __version__
-from ..config import CONF_DIR, register_configs
+from ..config import CONF_DIR
 from ..errors import ExportError
+from .config_store import register_configs
 from .guidance import explain, hydra_words
 
 register_configs()

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from ..config import StateChoice
 from ..errors import ExportError, first_line, shown
+from ..families import COMPRESSION_SOLVER
 from ..reporting.manifest import FileFacts, StateFacts
 from ..untrusted.averaging import epoch_checkpoints
 from ..untrusted.safe_load import MAX_NESTING
@@ -62,28 +63,18 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
 
 def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,
                           trust: bool) -> str:
-    """Whether output.transformers=true can write this LM, or why not (one line)."""
-    from ..config import AutoCompression
-    from ..reporting.model_facts import cfg_of_yaml
-    from ..transformers_format.files import refusal
-    from ..writing.compression import resolve_compression
-    from ..writing.repairs import loadable_config
+    """Whether output.transformers=true can write this checkpoint, or why not (one line)."""
+    from ..pipeline.plan import transformers_verdict
 
     if cfg is None:
         return "unknown: no readable xp.cfg"
-    if raw_value(cfg, "solver") == "compression":
-        from ..transformers_format.mapping import encodec_refusals
-
-        problems = encodec_refusals(cfg)
-        return "yes (EncodecModel)" if not problems else "no: " + "; ".join(problems)
     try:
-        lm_cfg = loadable_config(cfg)[0]
-        shipped = resolve_compression(AutoCompression(), lm_cfg, source, trust=trust)
-        package = shipped.package if shipped is not None else None
-        problem = refusal(lm_cfg, package, cfg_of_yaml((package or {}).get("xp.cfg")))
+        problem = transformers_verdict(source, cfg, trust)
     except Exception as exc:  # noqa: BLE001  (inspection reports what it can, never fails on it)
         return f"unknown: {exc if isinstance(exc, ExportError) else first_line(exc)}"
-    return "yes" if problem is None else f"no: {problem}"
+    if problem is not None:
+        return f"no: {problem}"
+    return "yes (EncodecModel)" if raw_value(cfg, "solver") == COMPRESSION_SOLVER else "yes"
 
 
 def _plain(value: Any, depth: int = 0) -> Any:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from ..config import CONF_DIR, ExportConfig, Mode, RecordPaths
 from ..errors import ExportError, command_line_messages, first_line
-from ..pipeline.export import ExportResult, export_release
+from ..pipeline.export import ExportResult, export
 from ..untrusted.sources import resolve_input
 from ..writing.recorded_paths import PathRecorder
 from ..writing.release_format import CONFIG_FILE
@@ -116,18 +116,13 @@ def run(cfg: DictConfig) -> ExportResult | None:
         print(format_inspection(inspect_checkpoint(source, trust=spec.input.trust),
                                 as_json=spec.inspect.json))
         return None
-    out_dir = (Path(spec.output.dir) if spec.output.dir
-               else Path(HydraConfig.get().runtime.output_dir) / source.name)
+    if not spec.output.dir:
+        spec.output.dir = str(Path(HydraConfig.get().runtime.output_dir) / source.name)
     recorder = PathRecorder(source.dora_dir,
                             absolute=spec.output.record_paths is RecordPaths.absolute,
                             rerunnable=True)
-    result = export_release(
-        source, out_dir, state=spec.state, compression=spec.compression,
-        validate=spec.validate, dtype=spec.output.dtype, overwrite=spec.output.overwrite,
-        trust=spec.input.trust, samples=spec.output.samples, license=spec.output.license,
-        record_paths=spec.output.record_paths, transformers=spec.output.transformers,
-        text_encoder=spec.output.text_encoder, config=_plain_config(cfg),
-        extra_files={CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
+    result = export(source, spec, config=_plain_config(cfg), extra_files={
+        CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
     _log_summary(result)
     return result
 
@@ -148,7 +143,7 @@ def _log_summary(result: ExportResult) -> None:
         logger.info("file    %s  %d bytes  sha256 %s", name, facts.bytes, facts.sha256[:16])
     if m.validation is not None:
         v = m.validation
-        checks = ", ".join(f"{c['check']} {'ok' if c['ok'] else 'FAILED'}" for c in v.checks)
+        checks = ", ".join(f"{c.check} {'ok' if c.ok else 'FAILED'}" for c in v.checks)
         logger.info("validate=%s: %s%s", v.level, checks or "nothing checked",
                     "".join(f"; skipped {s}" for s in v.skipped))
     logger.info("release %s", result.release_dir)

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,33 @@ class ReleaseFile:
 
 
 @dataclass
+class Check:
+    """One check of a release, as ``export.json`` records it (unset facts are left out)."""
+
+    check: str
+    ok: bool = False
+    error: str | None = None
+    model_class: str | None = None  # the class whose get_pretrained ran
+    proves: list[str] | None = None  # the loaders a get_pretrained check ran on the way
+    sample_rate: int | None = None
+    frame_rate: float | None = None  # codebook frames per second of the compression model
+    duration: float | None = None  # seconds generated
+    shapes: dict[str, list[int]] | None = None  # generate: each clip's shape
+    codes: list[int] | None = None  # encode_decode: the codes' shape
+    decoded: list[int] | None = None  # encode_decode: the decoded audio's shape
+    compare_seconds: float | None = None  # the part of `seconds` spent comparing tensors
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class ValidationReport:
     """What validation proved: one entry per check run, and what was skipped and why."""
 
     level: str
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     # a local compression model validated in place of a //pretrained/ one
     # (validate.compression_model)
@@ -107,8 +130,17 @@ class ValidationReport:
         """``<level>: ok`` once at least one check ran (all pass, or validation raises)."""
         return f"{self.level}: ok" if self.checks else self.level
 
+    @property
+    def frame_rate(self) -> float | None:
+        """The frame rate a loaded compression model reported, if any check loaded one."""
+        return next((c.frame_rate for c in self.checks if c.frame_rate is not None), None)
 
-@dataclass
+    def to_json(self) -> dict[str, Any]:
+        return {"level": self.level, "checks": [c.to_json() for c in self.checks],
+                "skipped": self.skipped, "compression_stand_in": self.compression_stand_in}
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything ``export.json`` records about a release."""
 
@@ -141,6 +173,8 @@ class Manifest:
         """The export.json layout: the compression model's state facts beside its other facts,
         ``members`` only for an average."""
         data = dataclasses.asdict(self)
+        if self.validation is not None:
+            data["validation"] = self.validation.to_json()
         if data["state"]["members"] is None:
             del data["state"]["members"]
         if data["compression"] is not None:
@@ -149,11 +183,10 @@ class Manifest:
 
 
 def versions() -> dict[str, str]:
-    import hydra
     import omegaconf
 
     import audiocraft_ext
 
     return {"audiocraft_ext": audiocraft_ext.__version__, "audiocraft": audiocraft_version(),
             "torch": torch.__version__, "omegaconf": omegaconf.__version__,
-            "hydra": hydra.__version__, "python": platform.python_version()}
+            "hydra": version("hydra-core"), "python": platform.python_version()}

@@ -16,7 +16,6 @@ from typing import Any
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE
 from .finetune import finetune_command
 from .manifest import Manifest
-from .model_facts import COMPRESSION_CLASS
 
 UNSET_LICENSE = "unknown"
 # what each level proves, as the README's Validation section says it
@@ -36,7 +35,7 @@ FAMILY_TAGS = {"musicgen": ["music-generation"], "audiogen": ["sound-generation"
 def render_model_card(manifest: Manifest) -> str:
     """The model card of a release, as Markdown with Hugging Face front matter."""
     model = manifest.model
-    is_lm = model is not None and model.model_class not in (None, COMPRESSION_CLASS)
+    is_lm = model is not None and model.is_lm
     parts = [_front_matter(manifest, is_lm), _title(manifest, is_lm), _license_note(manifest),
              _model_section(manifest, is_lm), _training_section(manifest),
              _samples_section(manifest), _usage_section(manifest, is_lm),
@@ -271,8 +270,8 @@ def _validation_section(m: Manifest) -> str:
     lines = ["## Validation\n",
              f"`validate={v.level}` proved {PROOFS.get(v.level, v.level)}.", ""]
     for check in v.checks:
-        extra = f" ({check['model_class']})" if "model_class" in check else ""
-        lines.append(f"- `{check['check']}`{extra}: {'ok' if check['ok'] else 'FAILED'}")
+        extra = f" ({check.model_class})" if check.model_class else ""
+        lines.append(f"- `{check.check}`{extra}: {'ok' if check.ok else 'FAILED'}")
     lines += [f"- skipped: {s}" for s in v.skipped]
     if v.compression_stand_in:
         lines.append(f"- validated with the local compression model `{v.compression_stand_in}`")

@@ -12,9 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, Node, OmegaConf
 
+from ..families import Family
 from ..untrusted.xp_config import raw_value
-
-COMPRESSION_CLASS = "CompressionModel"
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,7 @@ class ModelRecord:
 
     family: str | None  # the solver: musicgen, audiogen, magnet, compression
     model_class: str | None  # what loads it: MusicGen, AudioGen, MAGNeT, CompressionModel
+    is_lm: bool = True  # an LM, else an EnCodec (the family's verdict)
     sample_rate: int | None = None
     channels: int | None = None
     codebooks: int | None = None
@@ -71,21 +71,28 @@ def encodec_frame_rate(cfg: DictConfig) -> float | None:
     return sample_rate / math.prod(ratios)
 
 
+def model_facts(cfg: DictConfig, family: Family,
+                compression_cfg: DictConfig | None = None) -> ModelRecord:
+    """The model of ``family`` that ``cfg`` describes; an LM's frame rate comes from its
+    compression model's config, when one is shipped."""
+    return lm_facts(cfg, family, compression_cfg) if family.is_lm else compression_facts(cfg)
+
+
 def compression_facts(cfg: DictConfig) -> ModelRecord:
     """An EnCodec (compression solver) XP's model."""
     return ModelRecord(
-        family=_str(cfg, "solver"), model_class=COMPRESSION_CLASS,
+        family=_str(cfg, "solver"), model_class="CompressionModel", is_lm=False,
         sample_rate=_int(cfg, "sample_rate"), channels=_int(cfg, "channels"),
         codebooks=_int(cfg, "rvq.n_q"), card=_int(cfg, "rvq.bins"),
         frame_rate=encodec_frame_rate(cfg), dim=_int(cfg, "seanet.dimension"),
         segment_duration=_number(cfg, "dataset.segment_duration"))
 
 
-def lm_facts(cfg: DictConfig, model_class: str | None,
+def lm_facts(cfg: DictConfig, family: Family,
              compression_cfg: DictConfig | None = None) -> ModelRecord:
-    """An LM's model; the frame rate comes from its compression model's config, when shipped."""
+    """An LM's model."""
     return ModelRecord(
-        family=_str(cfg, "solver"), model_class=model_class,
+        family=_str(cfg, "solver"), model_class=family.model_class,
         sample_rate=_int(cfg, "sample_rate"), channels=_int(cfg, "channels"),
         codebooks=_int(cfg, "transformer_lm.n_q"), card=_int(cfg, "transformer_lm.card"),
         frame_rate=encodec_frame_rate(compression_cfg) if compression_cfg is not None else None,

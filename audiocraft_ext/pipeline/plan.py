@@ -1,0 +1,176 @@
+"""The release plan: every decision about a release, made once before anything is written.
+
+A plan says what the checkpoint is (its family), which weights are released, which files are
+written with which content (paths recorded, config repaired), which compression model ships
+beside an LM, and whether transformers' format can hold it. Writing, validation and the
+description of the release read the plan; none of them decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ..config import (
+    AutoCompression,
+    CheckpointCompression,
+    ExportConfig,
+    OutputDtype,
+    RecordPaths,
+    StateChoice,
+    StateConfig,
+    ValidateLevel,
+)
+from ..errors import ExportError, setting, shown
+from ..families import Family, family_of
+from ..reporting.model_facts import cfg_of_yaml
+from ..transformers_format.files import refusal
+from ..transformers_format.mapping import encodec_refusals
+from ..untrusted.averaging import average_members, average_state
+from ..untrusted.lazy_tensors import cast_state
+from ..untrusted.sources import CheckpointSource
+from ..untrusted.states import StateDict, load_solver_checkpoint, select_state, xp_signature
+from ..untrusted.xp_config import needed_value, raw_value, xp_config
+from ..writing.compression import CompressionRelease, resolve_compression
+from ..writing.recorded_paths import PathRecorder
+from ..writing.release_format import COMPRESSION_FILE, LM_FILE, release_package
+from ..writing.repairs import loadable_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What was read from the checkpoint: its config and the selected state (still on disk)."""
+
+    cfg: DictConfig  # xp.cfg as the checkpoint holds it
+    key: str  # checkpoint key of the state, or "average"
+    state: StateDict
+    xp_sig: str | None
+    history: Any  # the checkpoint's per-epoch metrics, as unpickled (checked when read)
+    members: list[dict[str, Any]] | None = None  # state=average: the files averaged
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Everything decided about one release; steps read it, none changes it."""
+
+    source: CheckpointSource
+    out_dir: Path
+    spec: ExportConfig
+    solver: Any  # xp.cfg's solver, as the checkpoint holds it
+    family: Family  # decided from the solver, once
+    selection: Selection
+    weights: StateDict  # the released tensors (cast as output.dtype says)
+    cfg: DictConfig  # the released xp.cfg, repaired for stock audiocraft (an LM's)
+    repairs: tuple[str, ...]
+    compression: CompressionRelease | None  # shipped beside an LM
+    stand_in: CompressionRelease | None  # validates in place of a //pretrained/ pointer
+    packages: Mapping[str, Mapping[str, Any]]  # file name -> its content, paths recorded
+    paths_recorded: tuple[str, ...]  # "<file>: <xp.cfg key>" of each path recorded
+    recorder: PathRecorder
+
+    @property
+    def compression_cfg(self) -> DictConfig | None:
+        """The shipped compression model's config (none for a //pretrained/ pointer)."""
+        return cfg_of_yaml((self.packages.get(COMPRESSION_FILE) or {}).get("xp.cfg"))
+
+
+def select(source: CheckpointSource, spec: StateConfig, trust: bool) -> Selection:
+    """Read ``source``'s config and select the state to release (its tensors stay on disk)."""
+    logger.info("reading %s", source.path)
+    pkg = load_solver_checkpoint(source.path, trust=trust)
+    cfg = xp_config(pkg, str(source.path))
+    if spec.select is StateChoice.average:
+        members = average_members(source.path.parent, spec.last_k, spec.epochs)
+        state, facts = average_state(members, spec.average_of, trust=trust)
+        selection = Selection(cfg, "average", state, xp_signature(pkg), pkg.get("history"),
+                              facts)
+    else:
+        key, state = select_state(pkg, spec.select, source=str(source.path))
+        selection = Selection(cfg, key, state, xp_signature(pkg), pkg.get("history"))
+    logger.info("exporting %s (solver %s): %d tensors", selection.key,
+                shown(raw_value(cfg, "solver")), len(selection.state))
+    return selection
+
+
+def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
+                 selection: Selection) -> ReleasePlan:
+    """Decide the release of ``selection``; raise ExportError for what cannot be released."""
+    solver = needed_value(selection.cfg, "solver", str(source.path))
+    family = family_of(solver)
+    dtype = spec.output.dtype
+    weights = selection.state if dtype is OutputDtype.keep else cast_state(
+        selection.state, getattr(torch, dtype.value))
+    cfg, repairs = loadable_config(selection.cfg) if family.is_lm else (selection.cfg, [])
+    compression = _shipped_compression(family, spec, cfg, source)
+    packages: dict[str, dict[str, Any]] = {
+        (LM_FILE if family.is_lm else COMPRESSION_FILE): release_package(weights, cfg)}
+    if compression is not None:
+        packages[COMPRESSION_FILE] = dict(compression.package)
+    recorder = PathRecorder(source.dora_dir,
+                            absolute=spec.output.record_paths is RecordPaths.absolute)
+    recorded = _record_paths(packages, recorder)
+    if spec.output.transformers:
+        problem = transformers_refusal(family, cfg, packages.get(COMPRESSION_FILE))
+        if problem:
+            raise ExportError("cannot add transformers' format "
+                              f"({setting('output.transformers', True)}): {problem}")
+    stand_in, local = None, spec.validate.compression_model
+    if local and spec.validate.level is not ValidateLevel.none and compression is not None \
+            and compression.pretrained:
+        stand_in = resolve_compression(CheckpointCompression(path=local), cfg, source,
+                                       trust=spec.input.trust)
+    return ReleasePlan(source, out_dir, spec, solver, family, selection, weights, cfg,
+                       tuple(repairs), compression, stand_in, packages, tuple(recorded),
+                       recorder)
+
+
+def _shipped_compression(family: Family, spec: ExportConfig, cfg: DictConfig,
+                         source: CheckpointSource) -> CompressionRelease | None:
+    """The compression model file beside an LM; an EnCodec XP is its own."""
+    if family.is_lm:
+        return resolve_compression(spec.compression, cfg, source, trust=spec.input.trust)
+    if not isinstance(spec.compression, AutoCompression):
+        logger.warning("%s is a compression model (EnCodec) XP: compression=... is ignored",
+                       source.path)
+    return None
+
+
+def transformers_refusal(family: Family, cfg: DictConfig,
+                         compression_package: Mapping[str, Any] | None) -> str | None:
+    """Why transformers' format cannot hold this release (one line), or None: the one verdict,
+    shared by ``output.transformers=true`` and ``mode=inspect``."""
+    if not family.is_lm:
+        return "; ".join(encodec_refusals(cfg)) or None
+    return refusal(cfg, compression_package,
+                   cfg_of_yaml((compression_package or {}).get("xp.cfg")))
+
+
+def transformers_verdict(source: CheckpointSource, cfg: DictConfig, trust: bool) -> str | None:
+    """:func:`transformers_refusal` for the release ``source`` gives with the default options."""
+    family = family_of(raw_value(cfg, "solver"))
+    if not family.is_lm:
+        return transformers_refusal(family, cfg, None)
+    lm_cfg = loadable_config(cfg)[0]
+    shipped = resolve_compression(AutoCompression(), lm_cfg, source, trust=trust)
+    return transformers_refusal(family, lm_cfg, shipped.package if shipped else None)
+
+
+def _record_paths(packages: Mapping[str, dict[str, Any]], recorder: PathRecorder) -> list[str]:
+    """Record the paths of each package's xp.cfg as ``recorder`` says; the keys changed."""
+    recorded = []
+    for name, package in packages.items():
+        if isinstance(package.get("xp.cfg"), str):
+            package["xp.cfg"], changed = recorder.yaml_config(package["xp.cfg"])
+            recorded += [f"{name}: {key}" for key in changed]
+    if recorded:
+        logger.info("recorded %d path(s) of xp.cfg relative to the Dora dir "
+                    "(output.record_paths=absolute keeps them)", len(recorded))
+    return recorded

@@ -1,0 +1,206 @@
+"""Prove an LM release (MusicGen, AudioGen, MAGNeT) with stock AudioCraft: the files, its
+loaders or get_pretrained with an exact comparison, then generation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ..config import ValidateConfig, ValidateLevel
+from ..errors import ExportError, setting, shown
+from ..families import LM_SOLVERS, Family
+from ..reporting.manifest import Check, ValidationReport
+from ..reporting.progress import step_progress
+from ..reporting.samples import Clip
+from ..untrusted.states import StateDict
+from ..untrusted.xp_config import needed_value
+from ..writing.compression import CompressionRelease
+from ..writing.release_format import COMPRESSION_FILE, LM_FILE, save_package
+from ..writing.torch_zip import WrittenZip
+from .background_import import wait_for_audiocraft
+from .compare import check_release_file, compare_states
+from .lean_loading import lean_loading
+from .messages import load_pretrained, text_encoder_explained
+from .records import Checks, timed
+
+logger = logging.getLogger(__name__)
+
+
+def validate_release(release_dir: Path, family: Family, lm_cfg: DictConfig, lm_state: StateDict,
+                     compression: CompressionRelease | None, settings: ValidateConfig,
+                     written: Mapping[str, WrittenZip],
+                     stand_in: CompressionRelease | None = None,
+                     clips: list[Clip] | None = None) -> ValidationReport:
+    """Check a (staged) release folder per ``settings.level``; raise ExportError on failure.
+
+    ``written`` is what the writer wrote (sizes, record CRCs). ``stand_in`` is a local
+    compression model to validate with when the release points at a //pretrained/ one
+    (``validate.compression_model``). The clips generated are appended to ``clips``.
+    Returns the manifest's report.
+    """
+    report = ValidationReport(settings.level.value)
+    if settings.level is ValidateLevel.none:
+        return report
+    files = {LM_FILE: lm_state}
+    if compression is not None and compression.state is not None and not compression.pretrained:
+        files[COMPRESSION_FILE] = compression.state
+    with ExitStack() as stack:
+        load_dir = release_dir
+        if stand_in is not None and compression is not None and compression.pretrained:
+            load_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            os.symlink(release_dir / LM_FILE, load_dir / LM_FILE)
+            save_package(stand_in.package, load_dir / COMPRESSION_FILE)
+            report.compression_stand_in = stand_in.reference
+            compression = stand_in
+        _run_checks(release_dir, load_dir, family, lm_cfg, lm_state, compression, settings,
+                    {name: (state, written[name]) for name, state in files.items()}, report,
+                    clips if clips is not None else [])
+    return report
+
+
+def _run_checks(release_dir: Path, load_dir: Path, family: Family, lm_cfg: DictConfig,
+                lm_state: StateDict,
+                compression: CompressionRelease | None, settings: ValidateConfig,
+                files: Mapping[str, tuple[StateDict, WrittenZip]],
+                report: ValidationReport, clips: list[Clip]) -> None:
+    """``load``: the file, then audiocraft's load_compression_model and load_lm_model (each
+    compared exactly with its source state). ``full``: the file, then X.get_pretrained, which
+    runs those same two loaders: its LM and compression model are compared instead, so each
+    model is built once; then generation."""
+    checks = Checks(report)
+    if family.model_class is None:
+        raise ExportError(f"cannot validate an LM of solver {shown(family.solver)} (known: "
+                          f"{', '.join(LM_SOLVERS)}); use {setting('validate', 'none')}")
+    for name, (state, wrote) in files.items():
+        with checks.check("lm_file" if name == LM_FILE else "compression_file"):
+            check_release_file(release_dir / name, state, wrote)
+    full = settings.level is ValidateLevel.full and compression is not None
+    if full:
+        check_segment_duration(lm_cfg, family)
+    wait_for_audiocraft()
+    from audiocraft.models import loaders
+
+    with lean_loading(), text_encoder_explained(lm_cfg):
+        if not full:
+            _check_loaders(loaders, load_dir, lm_state, compression, family, settings, checks,
+                           report)
+            return
+        assert compression is not None
+        with checks.check("get_pretrained") as entry:
+            import audiocraft.models
+
+            cls = getattr(audiocraft.models, family.model_class)
+            logger.info("building %s from the release with %s.get_pretrained", cls.__name__,
+                        cls.__name__)
+            model = load_pretrained(lambda: cls.get_pretrained(str(load_dir),
+                                                                device=settings.device),
+                                     compression.pretrained)
+            entry.model_class = cls.__name__
+            with timed(entry):
+                if compression.state is not None:
+                    compare_states(compression.state, model.compression_model.state_dict(),
+                                   f"{cls.__name__}.get_pretrained's compression model",
+                                   cast=True)
+                compare_states(lm_state, model.lm.state_dict(),
+                               f"{cls.__name__}.get_pretrained's LM", cast=True)
+            entry.proves = ["load_compression_model", "load_lm_model_magnet"
+                            if family.magnet else "load_lm_model"]
+    with checks.check("generate") as entry:
+        _generate(model, settings, clips, entry)
+
+
+def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
+                   compression: CompressionRelease | None, family: Family,
+                   settings: ValidateConfig, checks: Checks, report: ValidationReport) -> None:
+    """audiocraft's load_compression_model and load_lm_model(_magnet), each compared."""
+    device = settings.device
+    frame_rate = None
+    if compression is None:
+        report.skipped.append("compression and get_pretrained: compression=none")
+    else:
+        with checks.check("load_compression_model") as entry:
+            logger.info("building the compression model with load_compression_model")
+            model = load_pretrained(
+                lambda: loaders.load_compression_model(load_dir, device=device),
+                compression.pretrained)
+            if compression.state is not None:
+                with timed(entry):
+                    compare_states(compression.state, model.state_dict(),
+                                   "load_compression_model", cast=True)
+            frame_rate = int(model.frame_rate)
+            entry.sample_rate, entry.frame_rate = model.sample_rate, float(model.frame_rate)
+            del model
+    if family.magnet and frame_rate is None:
+        report.skipped.append("load_lm_model_magnet: it needs the compression model's frame "
+                              "rate")
+        return
+    loader = "load_lm_model_magnet" if family.magnet else "load_lm_model"
+    with checks.check(loader) as entry:
+        logger.info("building the LM with %s", loader)
+        if family.magnet and frame_rate is not None:
+            lm = loaders.load_lm_model_magnet(
+                load_dir, compression_model_frame_rate=frame_rate, device=device)
+        else:
+            lm = loaders.load_lm_model(load_dir, device=device)
+        with timed(entry):
+            compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
+        del lm
+
+
+def check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
+    if family.extend_stride is None:
+        return
+    segment = needed_value(lm_cfg, "dataset.segment_duration", "the LM")
+    if type(segment) not in (int, float):
+        raise ExportError(f"{family.model_class}.get_pretrained needs a number of seconds in "
+                          f"xp.cfg's dataset.segment_duration, which holds {shown(segment)}")
+    if segment <= family.extend_stride:
+        raise ExportError(
+            f"{family.model_class}.get_pretrained rejects this model: it was trained on "
+            f"dataset.segment_duration={segment:g} s, which must be above "
+            f"{family.extend_stride:g} s (the default extend_stride it asserts on); retrain "
+            f"with longer segments or use {setting('validate', 'load')} to skip the "
+            "get_pretrained check")
+
+
+def _generate(model: Any, settings: ValidateConfig, clips: list[Clip], entry: Check) -> None:
+    if type(model).__name__ == "MAGNeT":  # generates its training segment_duration, always
+        model.set_generation_params()
+    else:
+        model.set_generation_params(duration=settings.duration)
+    expected = (1, model.audio_channels,
+                int(model.duration * model.frame_rate) * model.sample_rate // model.frame_rate)
+    prompts: dict[str, Callable[[], torch.Tensor]] = {
+        "unconditional": lambda: model.generate_unconditional(1, progress=True)}
+    if model.lm.condition_provider.text_conditions:
+        prompts["text"] = lambda: model.generate([settings.description], progress=True)
+    shapes = {}
+    for name, run in prompts.items():
+        logger.info("generating %g s of audio (%s)", model.duration, name)
+        update, close = step_progress(f"generating ({name})")
+        # replaces audiocraft's default callback, which prints to stdout (the release path's)
+        model.set_custom_progress_callback(update)
+        torch.manual_seed(settings.seed)
+        try:
+            wav = run()
+        finally:
+            close()
+            model.set_custom_progress_callback(None)
+        if tuple(wav.shape) != expected:
+            raise ExportError(f"{name} generation returned shape {tuple(wav.shape)}, "
+                              f"expected {expected}")
+        if not torch.isfinite(wav).all():
+            raise ExportError(f"{name} generation produced non-finite samples")
+        shapes[name] = list(wav.shape)
+        clips.append(Clip(name, wav[0], model.sample_rate,
+                          settings.description if name == "text" else None))
+    entry.sample_rate, entry.frame_rate = model.sample_rate, float(model.frame_rate)
+    entry.duration, entry.shapes = model.duration, shapes
