@@ -14,10 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from ..config import CONF_DIR, ExportConfig, Mode, RecordPaths
+from ..config import CONF_DIR, DemoInput, ExportConfig, InputConfig, Mode, RecordPaths
 from ..errors import ExportError, command_line_messages, first_line
 from ..pipeline.export import ExportResult, export
-from ..untrusted.sources import resolve_input
+from ..untrusted.sources import CheckpointSource, resolve_checkpoint, resolve_input
 from ..writing.recorded_paths import PathRecorder
 from ..writing.release_format import CONFIG_FILE
 from .sweep_summary import JOB_RECORD
@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> ExportResult | None:
 
         print(list_command(spec.input, spec.list))
         return None
-    source = resolve_input(spec.input)
+    source = _source(spec.input)
     if spec.mode is Mode.inspect:
         from .inspection import format_inspection, inspect_checkpoint
 
@@ -125,6 +125,17 @@ def run(cfg: DictConfig) -> ExportResult | None:
         CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
     _log_summary(result)
     return result
+
+
+def _source(spec: InputConfig) -> CheckpointSource:
+    """The checkpoint ``spec`` designates; for ``input=demo``, the demo XPs written first."""
+    if isinstance(spec, DemoInput):
+        from .demo import write_demo_xps
+
+        logger.info("input=demo: writing a tiny MusicGen XP and its EnCodec XP to %s",
+                    spec.dora_dir)
+        return resolve_checkpoint(write_demo_xps(spec.dora_dir))
+    return resolve_input(spec)
 
 
 def _plain_config(cfg: DictConfig) -> dict[str, Any]:

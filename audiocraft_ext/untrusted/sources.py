@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import CheckpointInput, DemoInput, InputConfig, XPInput
+from ..config import CheckpointInput, InputConfig, XPInput
 from ..errors import ExportError, shown
 
 logger = logging.getLogger(__name__)
@@ -163,13 +163,7 @@ def _resolve_path(path: str, epoch: int | None = None) -> CheckpointSource:
 
 
 def resolve_input(spec: InputConfig) -> CheckpointSource:
-    """The checkpoint an ``input`` option designates (writing the demo XPs first for ``demo``)."""
-    if isinstance(spec, DemoInput):
-        from ..app.demo import write_demo_xps
-
-        logger.info("input=demo: writing a tiny MusicGen XP and its EnCodec XP to %s",
-                    spec.dora_dir)
-        return resolve_checkpoint(write_demo_xps(spec.dora_dir))
+    """The checkpoint an ``input`` option designates (``input=demo``: the app writes it)."""
     if isinstance(spec, CheckpointInput):
         return _resolve_path(spec.path)
     if isinstance(spec, XPInput):
@@ -181,4 +175,4 @@ def resolve_input(spec: InputConfig) -> CheckpointSource:
             return resolve_signature(spec.sig, spec.dora_dir, spec.epoch)
         raise ExportError("input=xp needs input.sig=SIG (with input.dora_dir=DIR or "
                           "AUDIOCRAFT_DORA_DIR) or input.path=XP_FOLDER")
-    raise TypeError(f"unknown input {spec!r}")
+    raise TypeError(f"not a checkpoint input: {spec!r}")
