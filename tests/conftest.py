@@ -1,6 +1,13 @@
 """Fixtures (tiny real AudioCraft XPs written the way the solvers write them, the app's
-composed config, a network guard) and the hook that marks slow tests. Helpers live in
-helpers.py."""
+composed config, a refused command, a network guard) and the hook that marks slow tests.
+Helpers live in tests/support/.
+
+Slow tests (left out by `make test-fast`) are marked one way: ``@pytest.mark.slow`` on the
+test or its parametrized case (``pytestmark`` for a whole file), with the reason in a comment
+or the docstring. The one automatic rule is the hook below: a test that uses a fixture of
+``SLOW_FIXTURES`` or is marked ``slurm`` is marked slow whatever its file says, so that a new
+one cannot forget the mark. Unknown marks are errors (``--strict-markers``).
+"""
 
 from __future__ import annotations
 
@@ -21,15 +28,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
 from audiocraft_ext.app.config_store import register_configs
-
-from helpers import ROOT, torch_load
+from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
+from tests.support.app_cases import refused_in_process, rejected
+from tests.support.helpers import ROOT, app_env, torch_load
 
 torch.set_num_threads(1)
 
-# Tests using these fixtures are marked slow (left out by `make test-fast`) whatever their
-# file says, so that a new one cannot forget the mark.
+# real XPs trained by audiocraft's own training (scripts/train_fixtures.py): minutes on a first
+# run, then cached
 SLOW_FIXTURES = {"real_xps"}
 
 
@@ -183,6 +190,38 @@ def job_config(compose_config) -> Iterator[Callable[..., DictConfig]]:
 
 
 @pytest.fixture
+def refused(request, job_config, capsys, monkeypatch) -> Callable[..., str]:
+    """``refused(tmp_path, *overrides, message=..., keep=(), setenv=None, dest=None, cwd=None)``:
+    the app, run from ``cwd`` (default: tmp) with the variables ``setenv`` added to its
+    environment, refuses to export towards ``dest`` (default: tmp/out/release) with one line
+    matching ``message``, and tmp/out holds nothing but ``keep``. Returns the line.
+
+    Checked in process (``refused_in_process``, and nothing printed on stdout): a rule costs
+    what reading its checkpoint costs. A case marked ``through_app`` (one per family) runs
+    the command through export_app.py in a fresh process instead (``rejected``), which shows
+    what only a process can: exit status 1, one [ERROR] line, no traceback."""
+    through_app = request.node.get_closest_marker("through_app") is not None
+
+    def check(tmp_path: Path, *overrides: str, message: str, keep: tuple = (),
+              setenv: dict[str, str] | None = None, dest: Path | str | None = None,
+              cwd: Path | None = None) -> str:
+        if through_app:
+            return rejected(tmp_path, *overrides, message=message, keep=keep, dest=dest,
+                            cwd=cwd, env=app_env(**(setenv or {})))
+        for name, value in (setenv or {}).items():
+            monkeypatch.setenv(name, value)
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        line = refused_in_process(job_config, tmp_path, *overrides, message=message, keep=keep,
+                                  dest=dest)
+        assert capsys.readouterr().out == ""
+        return line
+
+    return check
+
+
+@pytest.fixture
 def network_attempts(monkeypatch) -> list:
     """Refuse (and record) every connection to the network for the test's duration; local
     sockets still work. The test asserts the list stays empty."""
@@ -202,3 +241,25 @@ def network_attempts(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     return attempts
+
+
+@pytest.fixture(scope="session")
+def t5_lm(tmp_path_factory) -> Path:
+    """A demo MusicGen made to hold what a T5-conditioned MusicGen holds, in the layout
+    transformers' Musicgen represents: its conditioner declared as a frozen t5-small, the state
+    with only the 512 -> dim projection, card 512 (9 bits: 4 codebooks fit transformers 4.44's
+    and 5.x's bandwidth rules at once) on an EnCodec of 512 bins."""
+    dora = tmp_path_factory.mktemp("dora")
+    encodec = write_encodec_xp(dora, ["rvq.bins=512"])
+    path = write_musicgen_xp(dora, f"//sig/{encodec.parent.name}", [
+        "transformer_lm.card=512", "transformer_lm.cross_attention=true",
+        "conditioners.description.lut.dim=512"])
+    pkg = torch.load(path, map_location="cpu", weights_only=False)
+    with open_dict(pkg["xp.cfg"]):
+        pkg["xp.cfg"].conditioners.description = OmegaConf.create(
+            {"model": "t5", "t5": {"name": "t5-small", "finetune": False, "word_dropout": 0.0,
+                                  "normalize_text": False}})
+    pkg["best_state"]["model"] = {k: v for k, v in pkg["best_state"]["model"].items()
+                                  if not k.endswith(".embed.weight")}  # the LUT's table
+    torch.save(pkg, path)
+    return path

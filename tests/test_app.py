@@ -1,9 +1,13 @@
-"""export_app.py: through hydra.compose, and as a subprocess the way users run it.
+"""export_app.py: through hydra.compose (its job, in process), and as a subprocess the way
+users run it.
 
-Each subprocess run imports torch and audiocraft afresh: `make test-fast` keeps the error
-paths and --help/--cfg; the exports through the app (the demo too) are marked slow."""
+Each subprocess run imports torch and audiocraft afresh (about two seconds): what a process
+shows runs one (exit status and one error line, --help and --cfg without torch, the demo end
+to end, a multirun, the console script), the rest runs the job in process. The exports
+through the app are marked slow."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from audiocraft_ext.app.job import run
-
-from helpers import (
+from tests.support.app_cases import exported_in_process
+from tests.support.helpers import (
     FULL_CHECKS,
     ROOT,
     app_env,
@@ -104,13 +108,12 @@ def test_checkpoint_path_then_get_pretrained_elsewhere(musicgen_ckpt, tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "(2, 1, 32000)"
 
 
-@pytest.mark.slow
-def test_dora_signature_with_explicit_state_and_output(fsdp_ckpt, tmp_path):
+def test_dora_signature_with_explicit_state_and_output(job_config, fsdp_ckpt, tmp_path):
     dora_dir = fsdp_ckpt.parent.parent.parent
     out = tmp_path / "release"
-    run_app("input=xp", f"input.dora_dir={dora_dir}", f"input.sig={fsdp_ckpt.parent.name}",
-            "state=best", "validate=load", f"output.dir={out}", f"hydra.run.dir={tmp_path}/run",
-            cwd=tmp_path, check=True)
+    exported_in_process(job_config, "input=xp", f"input.dora_dir={dora_dir}",
+                        f"input.sig={fsdp_ckpt.parent.name}", "state=best", "validate=load",
+                        f"output.dir={out}")
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["state"]["key"] == "best_state"
     assert manifest["source"]["xp_sig"] == fsdp_ckpt.parent.name.split("-")[0]
@@ -127,26 +130,22 @@ def test_missing_state_exits_non_zero_with_one_line(no_best_ckpt, tmp_path):
     assert not (tmp_path / no_best_ckpt.parent.name).exists()
 
 
-@pytest.mark.slow
-def test_existing_release_is_an_error_and_untouched(musicgen_ckpt, tmp_path):
+def test_existing_release_is_an_error_and_untouched(refused, job_config, musicgen_ckpt,
+                                                    tmp_path):
     out = tmp_path / "release"
-    args = ("input=checkpoint", f"input.path={musicgen_ckpt}", f"output.dir={out}",
-            "validate=none", f"hydra.run.dir={tmp_path}/run")
-    run_app(*args, cwd=tmp_path, check=True)
+    args = ("input=checkpoint", f"input.path={musicgen_ckpt}", "validate=none")
+    exported_in_process(job_config, *args, f"output.dir={out}")
     digest = sha256_of(out / "state_dict.bin")
-    proc = run_app(*args, "state=last", cwd=tmp_path)
-    assert proc.returncode == 1
-    [line] = error_lines(proc.stderr)
-    assert line.endswith(f"{out} already exists; choose another output.dir or set "
-                         "output.overwrite=true to replace it once the new export validated")
+    refused(tmp_path, *args, "state=last", dest=out,
+            message=re.escape(f"{out} already exists; choose another output.dir or set "
+                              "output.overwrite=true to replace it once the new export "
+                              "validated") + "$")
     assert sha256_of(out / "state_dict.bin") == digest
 
 
-def test_missing_mandatory_value(tmp_path):
-    proc = run_app("input=checkpoint", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 1
-    [line] = error_lines(proc.stderr)
-    assert line.endswith("input.path is required: add input.path=... to the command")
+def test_missing_mandatory_value(refused, tmp_path):
+    refused(tmp_path, "input=checkpoint",
+            message=re.escape("input.path is required: add input.path=... to the command") + "$")
 
 
 def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):

@@ -1,20 +1,25 @@
 """The safety promises under attack and under a hurried user's mistakes.
 
-Each case runs the real app in a fresh process on a checkpoint crafted as an attacker writes
-one (raw pickle opcodes spliced into a real checkpoint, see ``crafted``) or on a destination a
-user could plausibly type, and requires exit status 1 with one ``[ERROR]`` line (or, for
-legitimate input, a correct release), the source and the destination untouched.
+Each case runs the app's job on a checkpoint crafted as an attacker writes one (raw pickle
+opcodes spliced into a real checkpoint, see ``crafted``) or on a destination a user could
+plausibly type, and requires one readable refusal (or, for legitimate input, a correct
+release), the source and the destination untouched.
 
-A process costs about two seconds: `make test-fast` runs the in-process cases and the first
-case of each family (``slow_after_first``), `make test` all of them.
+The rules are checked in process (the ``refused`` fixture). One case of each family
+(``through_app``, in `make test`) runs the real app in a fresh process instead, for exit
+status 1, one [ERROR] line and no traceback; so do the defences against exhausting the
+process (deep nesting, views that repeat their storage, devices and FIFOs as input): were one
+to fail, it would crash or block the process reading the file, which must not be pytest's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -23,11 +28,11 @@ import torch
 from omegaconf import OmegaConf
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
+from audiocraft_ext.app.job import run
 from audiocraft_ext.untrusted.safe_load import load_checkpoint
-
-import crafted as c
-from app_cases import checkpoint_copy, input_args, rejected
-from helpers import (
+from tests.support import crafted as c
+from tests.support.app_cases import checkpoint_copy, exported_in_process, input_args
+from tests.support.helpers import (
     LOAD_CHECKS,
     app_env,
     assert_same_state,
@@ -36,11 +41,11 @@ from helpers import (
     release_state,
     run_app,
     sha256_of,
-    slow_after_first,
     torch_load,
 )
 
 NONE = ValidateConfig(level="none")
+THROUGH_APP = pytest.mark.through_app  # and slow: an app process costs about two seconds
 
 
 def _crafted(tmp_path: Path, source: Path, place, program: bytes, **splice) -> Path:
@@ -110,47 +115,50 @@ PROGRAMS = {
 }
 
 
-@pytest.mark.parametrize("mode", ["export", "inspect"])
-@pytest.mark.parametrize("name", slow_after_first(sorted(PROGRAMS)))
-def test_forging_programs_are_refused(tmp_path, musicgen_ckpt, name, mode):
+@pytest.mark.parametrize("name, mode", [
+    pytest.param(name, mode, id=f"{name}-{mode}",
+                 marks=[THROUGH_APP, pytest.mark.slow] if (name, mode) == (min(PROGRAMS), "export")
+                 else [])
+    for mode in ("export", "inspect") for name in sorted(PROGRAMS)])
+def test_forging_programs_are_refused(tmp_path, refused, musicgen_ckpt, name, mode):
     program, message = PROGRAMS[name]
     place = c.as_state_value if name.startswith("torch") or "Tensor" in name else c.in_history
     path = _crafted(tmp_path, musicgen_ckpt, place, program)
-    rejected(tmp_path, *input_args(path), f"mode={mode}", message=message,
-             env=app_env(SECRET="hunter2"))
+    refused(tmp_path, *input_args(path), f"mode={mode}", message=message,
+            setenv={"SECRET": "hunter2"})
 
 
-def test_a_trusted_file_naming_a_missing_module_is_one_line(tmp_path, musicgen_ckpt):
+def test_a_trusted_file_naming_a_missing_module_is_one_line(tmp_path, refused, musicgen_ckpt):
     """With trust, find_class imports what the file names: a module this machine lacks is the
     file's problem, said in one line, not a traceback."""
     program = c.call(c.glob("no_such_module_here", "Thing"), c.integer(1))
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
-    rejected(tmp_path, *input_args(path), "input.trust=true",
-             message=r"is not a readable torch checkpoint: no_such_module_here.Thing: No module "
-                     r"named 'no_such_module_here'$")
+    refused(tmp_path, *input_args(path), "input.trust=true",
+            message=r"is not a readable torch checkpoint: no_such_module_here.Thing: No module "
+                    r"named 'no_such_module_here'$")
 
 
-@pytest.mark.slow
-def test_a_config_node_without_a_value(tmp_path, musicgen_ckpt):
+def test_a_config_node_without_a_value(tmp_path, refused, musicgen_ckpt):
     """Found by the byte-mutation fuzzer: a config node whose state lost its value."""
     node = c.build(c.newobj(c.glob("omegaconf.nodes", "AnyNode")),
                    c.dct((c.text("_metadata"), c.NONE)))
     cfg = c.build(c.newobj(c.glob("omegaconf.dictconfig", "DictConfig")),
                   c.dct((c.text("_content"), c.dct((c.text("solver"), node)))))
     path = _crafted(tmp_path, musicgen_ckpt, c.as_config, cfg)
-    rejected(tmp_path, *input_args(path),
-             message=r"checkpoint.th: its xp.cfg is damaged \(a AnyNode without a value\)$")
+    refused(tmp_path, *input_args(path),
+            message=r"checkpoint.th: its xp.cfg is damaged \(a AnyNode without a value\)$")
 
 
-@pytest.mark.slow
-def test_deep_nesting_is_refused_before_it_is_built(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # two app processes: a regression would overflow the C stack of the reader
+@THROUGH_APP
+def test_deep_nesting_is_refused_before_it_is_built(tmp_path, refused, musicgen_ckpt):
     """A 300,000-deep tuple as a state key: the C unpickler would hash it by recursion."""
     path = _crafted(tmp_path, musicgen_ckpt, c.as_state_key,
                     c.integer(0) + b"\x85" * 300_000)  # TUPLE1, over and over
     for mode in ("export", "inspect"):
-        rejected(tmp_path, *input_args(path), f"mode={mode}",
-                 message=r"is not a readable torch checkpoint: objects nested more than 200 "
-                         r"levels deep$")
+        refused(tmp_path, *input_args(path), f"mode={mode}",
+                message=r"is not a readable torch checkpoint: objects nested more than 200 "
+                        r"levels deep$")
 
 
 def test_memory_bombs_are_refused_before_anything_is_built(tmp_path, musicgen_ckpt):
@@ -171,8 +179,8 @@ def test_memory_bombs_are_refused_before_anything_is_built(tmp_path, musicgen_ck
         load_checkpoint(zipped)
 
 
-@pytest.mark.slow
-def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
+def test_lists_nested_through_the_memo_are_inspected(tmp_path, job_config, capsys,
+                                                     musicgen_ckpt):
     """5,000 lists, each appended into the previous one after all were built: the opcode scan
     sees depth 1, inspection must still not recurse past its bound."""
     n = 5000
@@ -181,14 +189,14 @@ def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
     program = b"".join(c.lst() + put[i] + b"0" for i in range(n))  # build, memoize, pop
     program += b"".join(get[i] + get[i + 1] + b"a0" for i in range(n - 1)) + get[0]
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
-    proc = run_app("mode=inspect", *input_args(path), f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path, check=True)
-    assert proc.stdout.startswith("checkpoint ") and "Traceback" not in proc.stderr
+    assert run(job_config("mode=inspect", *input_args(path))) is None  # no exception
+    assert capsys.readouterr().out.startswith("checkpoint ")
 
 
-@pytest.mark.parametrize("view, message", slow_after_first([
-    ("past-the-end", r"reaches element \d+ of a storage of \d+ elements \(size, stride or offset "
-                     r"outside the storage\)$"),
+@pytest.mark.parametrize("view, message", [
+    pytest.param("past-the-end", r"reaches element \d+ of a storage of \d+ elements \(size, "
+                                 r"stride or offset outside the storage\)$",
+                 marks=[THROUGH_APP, pytest.mark.slow]),
     ("offset", r"reaches element \d+ of a storage"),
     ("stride-0-giant", r"repeats the \d+ elements of its storage as 1099511627776 \(a stride-0 "
                        r"or overlapping view\)$"),
@@ -197,8 +205,9 @@ def test_lists_nested_through_the_memo_are_inspected(tmp_path, musicgen_ckpt):
     ("negative-stride", r"a tensor's stride is not a list of at most 64 non-negative ints$"),
     ("numel-not-an-int", r"a storage reference with a malformed type, key, location or size$"),
     ("storage-type-not-a-storage", r"a storage reference with a malformed type"),
-]))
-def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt, view, message):
+])
+def test_tensor_views_outside_their_storage_are_refused(tmp_path, refused, musicgen_ckpt, view,
+                                                        message):
     """Refused while reading, so nothing is published even with validate=none."""
     key, numel = _first_storage(musicgen_ckpt)
     ref = c.storage(key, numel)
@@ -218,12 +227,12 @@ def test_tensor_views_outside_their_storage_are_refused(tmp_path, musicgen_ckpt,
             c.storage(key, numel, "int", module="builtins"), 0, (1,), (1,)),
     }[view]
     path = _crafted(tmp_path, musicgen_ckpt, c.as_state_value, program)
-    rejected(tmp_path, *input_args(path), "validate=none", message=message)
+    refused(tmp_path, *input_args(path), "validate=none", message=message)
 
 
-@pytest.mark.parametrize("target", slow_after_first(["view", "storage", "function", "class",
-                                                     "type-token"]))
-def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, target):
+@pytest.mark.parametrize("target", [pytest.param("view", marks=[THROUGH_APP, pytest.mark.slow]),
+                                    "storage", "function", "class", "type-token"])
+def test_build_cannot_change_what_the_reader_checked(tmp_path, refused, musicgen_ckpt, target):
     """BUILD sets attributes: on a checked view it would make it a stride-0 giant, on an
     allowed function or class it would change it for every later load in the process."""
     key, numel = _first_storage(musicgen_ckpt)
@@ -250,27 +259,30 @@ def test_build_cannot_change_what_the_reader_checked(tmp_path, musicgen_ckpt, ta
                "function": "BUILD on torch.Size, which takes no state",
                "class": r"PickledConfig.__setstate__\(\) missing 1 required positional argument",
                "type-token": "BUILD on torch.Tensor, which takes no state"}[target]
-    rejected(tmp_path, *input_args(path), "validate=load", message=message)
+    refused(tmp_path, *input_args(path), "validate=load", message=message)
 
 
-@pytest.mark.slow
-def test_many_repeating_views_of_one_storage(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # an app process: a regression would read 6.7 GB
+@THROUGH_APP
+def test_many_repeating_views_of_one_storage(tmp_path, refused, musicgen_ckpt):
     """Each view within the per-view bound, together 6.7 GB read from 64 bytes."""
     many = c.dct(*((c.text(f"w{i}"), c.tensor_v2(c.storage("9999", 32), 0, (1 << 24,), (0,)))
                    for i in range(200)))
     path = _crafted(tmp_path, musicgen_ckpt, c.as_state, many, extra={"9999": bytes(64)})
-    rejected(tmp_path, *input_args(path), "validate=load",
-             message=r"checkpoint.th: the tensors of 'best_state' stand for 6710886400 bytes but "
-                     r"their storages hold 64: views that repeat their storages; refusing$")
+    refused(tmp_path, *input_args(path), "validate=load",
+            message=r"checkpoint.th: the tensors of 'best_state' stand for 6710886400 bytes but "
+                    r"their storages hold 64: views that repeat their storages; refusing$")
 
 
-@pytest.mark.slow
-def test_injected_names_stay_on_one_short_line(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # an app process: its whole stderr
+def test_injected_names_stay_on_one_short_line(tmp_path, refused, musicgen_ckpt):
+    """The forged line in process; the 200,000-character name through the app, whose whole
+    stderr must stay short."""
     forged = "\n[2026-01-01 00:00:00,000][export_app][ERROR] - forged"
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, c.stack_global(f"os{forged}", "system"))
-    rejected(tmp_path, *input_args(path),
-             message=r"it references os\\n\[2026-01-01 00:00:00,000\]\[export_app\]\[ERROR\] - "
-                     r"forged.system, which is not allowed")
+    refused(tmp_path, *input_args(path),
+            message=r"it references os\\n\[2026-01-01 00:00:00,000\]\[export_app\]\[ERROR\] - "
+                    r"forged.system, which is not allowed")
     path = _crafted(tmp_path / "long", musicgen_ckpt, c.in_history,
                     c.stack_global("m" * 200_000, "f"))
     proc = run_app(*input_args(path), f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
@@ -332,6 +344,14 @@ def test_nan_in_a_state_validates(tmp_path, musicgen_ckpt):
 
 
 # --- the destination can never destroy user data ------------------------------------------
+@pytest.fixture(scope="module")
+def a_release(musicgen_ckpt, tmp_path_factory) -> Path:
+    """A release of the MusicGen XP (validate=none), exported once: tests copy it."""
+    out = tmp_path_factory.mktemp("a-release") / "release"
+    export_release(musicgen_ckpt, out, validate=NONE)
+    return out
+
+
 def _snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` (but the app's run dir) and what it is: a file's sha256, a
     link's target, or a folder."""
@@ -342,22 +362,10 @@ def _snapshot(root: Path) -> dict[str, str]:
             if p.relative_to(root).parts[0] != "run"}
 
 
-def _refused_destination(tmp_path: Path, source: Path, dest: str, message: str,
-                         cwd: Path) -> None:
-    """Export ``source`` with output.overwrite=true to ``dest``: refused, nothing changed."""
-    before = _snapshot(tmp_path)
-    proc = run_app(*input_args(source), f"output.dir={dest}", "output.overwrite=true",
-                   "validate=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=cwd)
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    [line] = error_lines(proc.stderr)
-    assert re.search(message, line), line
-    assert _snapshot(tmp_path) == before
-
-
-@pytest.mark.parametrize("where, message", slow_after_first([
-    ("xp-folder", r"/dora/xps/\w+ is /.*/dora/xps/\w+, which holds the checkpoint being "
-                  r"exported; a release is never written there"),
+@pytest.mark.parametrize("where, message", [
+    pytest.param("xp-folder", r"/dora/xps/\w+ is /.*/dora/xps/\w+, which holds the checkpoint "
+                              r"being exported; a release is never written there",
+                 marks=[THROUGH_APP, pytest.mark.slow]),
     ("xps", r"/dora/xps contains .*, which holds the checkpoint being exported"),
     ("dora-dir", r"/dora contains .*, which holds the checkpoint being exported"),
     ("inside-xp", r"lies inside .*, which holds the checkpoint"),
@@ -369,8 +377,11 @@ def _refused_destination(tmp_path: Path, source: Path, dest: str, message: str,
     ("empty-folder", r"exists and is not a release folder \(it is empty\)"),
     ("symlink", r"is a symbolic link; a release is never written through one"),
     ("dangling-symlink", r"is a symbolic link; a release is never written through one"),
-]))
-def test_overwrite_never_replaces_user_data(tmp_path, musicgen_ckpt, where, message):
+])
+def test_overwrite_never_replaces_user_data(tmp_path, refused, a_release, musicgen_ckpt, where,
+                                            message):
+    """Export with output.overwrite=true to ``where``, from a current folder of the test's,
+    beside a release: refused, nothing changed."""
     source = checkpoint_copy(tmp_path, musicgen_ckpt)
     xp = source.parent
     work = tmp_path / "work" / "sub"  # the current folder
@@ -379,8 +390,7 @@ def test_overwrite_never_replaces_user_data(tmp_path, musicgen_ckpt, where, mess
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     release = tmp_path / "release"
-    run_app(*input_args(source), f"output.dir={release}", "validate=none",
-            f"hydra.run.dir={tmp_path / 'run0'}", cwd=tmp_path, check=True)
+    shutil.copytree(a_release, release)
     (xp / "inner").mkdir()
     (xp / "inner" / "export.json").write_text("{\"files\": {}}")
     dest = {"xp-folder": xp, "xps": xp.parent, "dora-dir": xp.parent.parent,
@@ -391,26 +401,28 @@ def test_overwrite_never_replaces_user_data(tmp_path, musicgen_ckpt, where, mess
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(release)
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    _refused_destination(tmp_path, source, str(dest), message, cwd=work)
+    before = _snapshot(tmp_path)
+    refused(tmp_path, *input_args(source), "output.overwrite=true", "validate=none", dest=dest,
+            cwd=work, message=message)
+    assert _snapshot(tmp_path) == before
     assert (mine / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.slow
-def test_symlinked_lock_is_never_followed(tmp_path, musicgen_ckpt):
+def test_symlinked_lock_is_never_followed(tmp_path, refused, musicgen_ckpt):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     out = tmp_path / "out"
     out.mkdir()
     (out / ".release.lock").symlink_to(victim)
-    rejected(tmp_path, *input_args(musicgen_ckpt), keep=(".release.lock",),
-             message=r"/out/.release.lock is a symbolic link; a lock file is never followed: "
-                     r"remove it$")
+    refused(tmp_path, *input_args(musicgen_ckpt), keep=(".release.lock",),
+            message=r"/out/.release.lock is a symbolic link; a lock file is never followed: "
+                    r"remove it$")
     assert victim.read_text() == "precious"
 
 
 @pytest.mark.parametrize("name", ["rel[1]", "*", "?el1", "rel*"])
-@pytest.mark.slow
-def test_glob_characters_in_a_name_touch_no_other_release(tmp_path, musicgen_ckpt, name):
+def test_glob_characters_in_a_name_touch_no_other_release(tmp_path, job_config, musicgen_ckpt,
+                                                          name):
     out = tmp_path / "out"
     other_staging = out / ".rel1.staging-424242"  # a concurrent export of out/rel1
     other_aside = out / ".rel1.replaced-424243"  # rel1's previous release, set aside
@@ -418,15 +430,15 @@ def test_glob_characters_in_a_name_touch_no_other_release(tmp_path, musicgen_ckp
         folder.mkdir(parents=True)
         (folder / "state_dict.bin").write_bytes(b"x")
     (other_aside / "export.json").write_text('{"files": {}}')
-    run_app(*input_args(musicgen_ckpt), f"output.dir='{out / name}'", "validate=none",
-            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    exported_in_process(job_config, *input_args(musicgen_ckpt), f"output.dir='{out / name}'",
+                        "validate=none")
     assert (other_staging / "state_dict.bin").exists() and (other_aside / "export.json").exists()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [name, other_staging.name, other_aside.name])
 
 
-@pytest.mark.slow
-def test_recovery_removes_only_what_an_export_left(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # 2,000 leftover folders made and removed: seconds of file system work
+def test_recovery_removes_only_what_an_export_left(tmp_path, job_config, caplog, musicgen_ckpt):
     out = tmp_path / "out"
     planted = out / ".release.staging-7"  # a name of ours, holding a user's file
     planted.mkdir(parents=True)
@@ -434,11 +446,12 @@ def test_recovery_removes_only_what_an_export_left(tmp_path, musicgen_ckpt):
     for pid in range(1000, 3000):  # many real leftovers: one line about them, not 2000
         (out / f".release.staging-{pid}").mkdir()
         (out / f".release.staging-{pid}" / "state_dict.bin").write_bytes(b"x")
-    proc = run_app(*input_args(musicgen_ckpt), f"output.dir={out / 'release'}", "validate=none",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    with caplog.at_level(logging.INFO):  # what the app logs on stderr
+        exported_in_process(job_config, *input_args(musicgen_ckpt),
+                            f"output.dir={out / 'release'}", "validate=none")
     assert (planted / "precious.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == [planted.name, "release"]
-    assert len([line for line in proc.stderr.splitlines() if "staging" in line]) == 1
+    assert len([r for r in caplog.records if "staging" in r.getMessage()]) == 1
 
 
 # --- nothing of the exporting machine leaks ---------------------------------------------------
@@ -451,10 +464,10 @@ def _cfg_edit(**values):
     return edit
 
 
-@pytest.mark.parametrize("values, overrides, message", slow_after_first([
-    ({"solver": "${oc.env:SECRET}"}, (),
-     r"xp.cfg's solver is an interpolation \('\$\{oc.env:SECRET\}'\), which the exporter never "
-     r"resolves"),
+@pytest.mark.parametrize("values, overrides, message", [
+    pytest.param({"solver": "${oc.env:SECRET}"}, (),
+                 r"xp.cfg's solver is an interpolation \('\$\{oc.env:SECRET\}'\), which the "
+                 r"exporter never resolves", marks=[THROUGH_APP, pytest.mark.slow]),
     ({"compression_model_checkpoint": "//pretrained/x-${oc.env:SECRET}"}, (),
      r"xp.cfg's compression_model_checkpoint is an interpolation"),
     ({"transformer_lm__dim": "${oc.env:SECRET_DIM}"}, ("validate=load",),
@@ -473,19 +486,24 @@ def _cfg_edit(**values):
     ({"dataset__segment_duration": "thirty"}, (),
      r"MusicGen.get_pretrained needs a number of seconds in xp.cfg's "
      r"dataset.segment_duration, which holds 'thirty'$"),
-]), ids=["env-solver", "env-compression-model", "env-in-model", "cycle", "missing-key",
+], ids=["env-solver", "env-compression-model", "env-in-model", "cycle", "missing-key",
         "unknown-resolver", "non-numeric-segment"])
-def test_config_interpolations_are_data(tmp_path, musicgen_ckpt, values, overrides, message):
+def test_config_interpolations_are_data(tmp_path, refused, caplog, musicgen_ckpt, values,
+                                        overrides, message):
+    """The secret reaches no file (the app's log among them, through the app) and no log
+    record (in process)."""
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**values))
-    rejected(tmp_path, *input_args(path), *overrides, message=message,
-             env=app_env(SECRET="hunter2-secret", SECRET_DIM="32"))
+    with caplog.at_level(logging.INFO):
+        line = refused(tmp_path, *input_args(path), *overrides, message=message,
+                       setenv={"SECRET": "hunter2-secret", "SECRET_DIM": "32"})
+    assert "hunter2-secret" not in line and "hunter2-secret" not in caplog.text
     for file in tmp_path.rglob("*"):
         if file.is_file() and not file.is_symlink() and file.suffix != ".th":
             assert b"hunter2-secret" not in file.read_bytes(), file
 
 
-@pytest.mark.slow
-def test_a_compression_model_signature_cannot_walk_out_of_the_dora_dir(tmp_path, musicgen_ckpt):
+def test_a_compression_model_signature_cannot_walk_out_of_the_dora_dir(tmp_path, refused,
+                                                                       musicgen_ckpt):
     """//sig/<sig> comes from the checkpoint: "../" would bundle any checkpoint.th on this
     machine into a release its user then shares."""
     elsewhere = tmp_path / "private" / "checkpoint.th"
@@ -493,20 +511,19 @@ def test_a_compression_model_signature_cannot_walk_out_of_the_dora_dir(tmp_path,
     elsewhere.write_bytes(b"not to be read")
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(
         compression_model_checkpoint="//sig/../../private"))
-    rejected(tmp_path, *input_args(path),
-             message=r"cannot resolve the compression model //sig/../../private: "
-                     r"'../../private' is not an XP signature \(letters, digits, '_' and '-'\)$")
+    refused(tmp_path, *input_args(path),
+            message=r"cannot resolve the compression model //sig/../../private: "
+                    r"'../../private' is not an XP signature \(letters, digits, '_' and '-'\)$")
 
 
-@pytest.mark.slow
-def test_env_interpolations_are_published_unresolved(tmp_path, musicgen_ckpt):
+def test_env_interpolations_are_published_unresolved(tmp_path, job_config, monkeypatch,
+                                                     musicgen_ckpt):
     """validate=none publishes the config as written: the variable, never its value."""
     path = checkpoint_copy(tmp_path, musicgen_ckpt, _cfg_edit(**{
         "transformer_lm__dim": "${oc.env:SECRET_DIM}"}))
     rel = tmp_path / "rel"
-    run_app(*input_args(path), "validate=none", f"output.dir={rel}",
-            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True,
-            env=app_env(SECRET_DIM="32"))
+    monkeypatch.setenv("SECRET_DIM", "32")
+    exported_in_process(job_config, *input_args(path), "validate=none", f"output.dir={rel}")
     cfg = torch.load(rel / "state_dict.bin", weights_only=True)["xp.cfg"]
     assert "dim: ${oc.env:SECRET_DIM}" in cfg
 
@@ -527,35 +544,38 @@ def test_read_only_config_with_null_conditioners_is_repaired(tmp_path, musicgen_
 
 
 # --- inputs that are not checkpoint files -------------------------------------------------
-@pytest.mark.slow
-def test_devices_fifos_and_folders_are_named_for_what_they_are(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # three app processes: a regression would read /dev/zero or block on the FIFO
+@THROUGH_APP
+def test_devices_fifos_and_folders_are_named_for_what_they_are(tmp_path, refused):
     fifo = tmp_path / "pipe.th"
     os.mkfifo(fifo)
     for path, message in [("/dev/zero", r"/dev/zero is not a regular file \(a character "
                                         r"device\): not a checkpoint$"),
                           (fifo, r"pipe.th is not a regular file \(a FIFO\): not a checkpoint$")]:
-        rejected(tmp_path, *input_args(path), message=message)
+        refused(tmp_path, *input_args(path), message=message)
     xp = tmp_path / "xp"
     (xp / "checkpoint.th").mkdir(parents=True)
-    rejected(tmp_path, "input=xp", f"input.path={xp}",
-             message=r"xp/checkpoint.th is not a checkpoint file \(a folder\)$")
+    refused(tmp_path, "input=xp", f"input.path={xp}",
+            message=r"xp/checkpoint.th is not a checkpoint file \(a folder\)$")
 
 
-@pytest.mark.slow
-def test_empty_fsdp_state_warns_and_best_state_without_model_says_so(tmp_path, musicgen_ckpt):
+def test_empty_fsdp_state_warns_and_best_state_without_model_says_so(tmp_path, refused,
+                                                                      job_config, caplog,
+                                                                      musicgen_ckpt):
     path = checkpoint_copy(tmp_path, musicgen_ckpt,
                            lambda pkg: pkg.update(fsdp_best_state={"model": {}}))
-    proc = run_app(*input_args(path), "validate=none", f"output.dir={tmp_path / 'rel'}",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    with caplog.at_level(logging.INFO):
+        exported_in_process(job_config, *input_args(path), "validate=none",
+                            f"output.dir={tmp_path / 'rel'}")
     assert "fsdp_best_state holds an empty model state; exporting best_state instead " \
-           "(export_lm would export the empty state)" in proc.stderr
+           "(export_lm would export the empty state)" in caplog.text
     assert json.loads((tmp_path / "rel" / "export.json").read_text())["state"]["key"] == \
         "best_state"
     bad = checkpoint_copy(tmp_path / "b", musicgen_ckpt,
                           lambda pkg: pkg.update(best_state={"weights": {}}))
-    rejected(tmp_path / "b", *input_args(bad),
-             message=r"checkpoint.th: 'best_state' has no 'model' entry \(it holds "
-                     r"\['weights'\]\): not a solver's best state$")
+    refused(tmp_path / "b", *input_args(bad),
+            message=r"checkpoint.th: 'best_state' has no 'model' entry \(it holds "
+                    r"\['weights'\]\): not a solver's best state$")
 
 
 def test_a_checkpoint_truncated_while_it_is_read(tmp_path, musicgen_ckpt):
@@ -573,22 +593,21 @@ def test_a_checkpoint_truncated_while_it_is_read(tmp_path, musicgen_ckpt):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-@pytest.mark.slow
-def test_unreadable_checkpoint(tmp_path, musicgen_ckpt):
+def test_unreadable_checkpoint(tmp_path, refused, musicgen_ckpt):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(musicgen_ckpt.read_bytes())
     path.chmod(0)
-    rejected(tmp_path, *input_args(path), message=r"cannot read .*: Permission denied$")
+    refused(tmp_path, *input_args(path), message=r"cannot read .*: Permission denied$")
 
 
-@pytest.mark.slow
-def test_hydra_full_error_shows_the_chained_cause(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # an app process: HYDRA_FULL_ERROR=1's traceback
+def test_hydra_full_error_shows_the_chained_cause(tmp_path, refused, musicgen_ckpt):
     """One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) adds the traceback
     and the cause the one line was raised from."""
     program = c.integer(1) + c.integer(2) + pickle.APPEND  # APPEND on an int
     path = _crafted(tmp_path, musicgen_ckpt, c.in_history, program)
     message = r"is not a readable torch checkpoint: 'int' object has no attribute 'append'$"
-    rejected(tmp_path, *input_args(path), message=message)
+    refused(tmp_path, *input_args(path), message=message)
     full = run_app(*input_args(path), f"output.dir={tmp_path / 'full'}", cwd=tmp_path,
                    env={**app_env(), "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and full.stdout == ""

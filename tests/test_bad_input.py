@@ -1,17 +1,24 @@
-"""Bad input: each case exits 1 with one readable line on stderr and changes nothing at the
-destination. Every case runs the real app in a fresh process (about two seconds): `make
-test-fast` keeps the first case of each family (a mistake in the command, an unknown
-signature, a Dora dir as input.path, a missing file, a malicious pickle), `make test` runs them
-all."""
+"""Bad input: each case is refused with one readable line and changes nothing at the
+destination.
+
+The rules are checked in process (the ``refused`` fixture: the app's composed config, its job,
+its one-line message). One case of each family (``through_app``) runs the real app in a fresh
+process instead, for exit status 1, one [ERROR] line on stderr and no traceback: about two
+seconds each, so all but the malicious pickle's are left to `make test`. Mistakes in the
+command are Hydra's to find, before the job: those run the app (a fraction of a second, torch
+is not imported). What needs a process of its own runs one: an environment read when
+huggingface_hub is imported (offline), a file size limit, SIGKILL, HYDRA_FULL_ERROR."""
 
 import fcntl
 import importlib
 import json
+import logging
 import os
 import re
 import resource
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from datetime import datetime
@@ -22,11 +29,11 @@ import torch
 from omegaconf import OmegaConf
 
 from audiocraft_ext.untrusted.safe_load import load_checkpoint
-
-from app_cases import checkpoint_copy as _checkpoint
-from app_cases import input_args as _input
-from app_cases import rejected as _rejected
-from helpers import (
+from tests.support.app_cases import checkpoint_copy as _checkpoint
+from tests.support.app_cases import exported_in_process
+from tests.support.app_cases import input_args as _input
+from tests.support.app_cases import rejected as _rejected
+from tests.support.helpers import (
     app_command,
     app_env,
     assert_same_state,
@@ -36,13 +43,14 @@ from helpers import (
     release_state,
     run_app,
     sha256_of,
-    slow_after_first,
     torch_load,
 )
 
+THROUGH_APP = pytest.mark.through_app  # slow but one: an app process costs about two seconds
 
-# --- mistakes in the command ---------------------------------------------------------------
-@pytest.mark.parametrize("overrides, message", slow_after_first([
+
+# --- mistakes in the command (Hydra's, found before the job: the app, without torch) ----------
+@pytest.mark.parametrize("overrides, message", [
     (("input.sig=abc",), r"input.sig belongs to input=xp \(not input=demo\): add input=xp$"),
     (("input=xp", "input.sgi=abc"), r"no key input.sgi in input=xp; did you mean input.sig\?$"),
     (("input=xpp",), r"no option input=xpp \(options: checkpoint, demo, xp\); did you mean "
@@ -53,12 +61,11 @@ from helpers import (
     (("-m", "input.sgi=a,b"), r"no key input.sgi in input=demo; did you mean input.sig \(with "
                               r"input=xp\)\?$"),
     (("--cfg", "job", "input.sig=abc"), r"input.sig belongs to input=xp"),
-]))
+])
 def test_composition_mistake_is_one_line_with_the_fix(tmp_path, overrides, message):
     _rejected(tmp_path, *overrides, message=message)
 
 
-@pytest.mark.slow
 def test_hydra_full_error_keeps_hydras_report_of_a_composition_mistake(tmp_path):
     proc = run_app("input.sig=abc", cwd=tmp_path, env={**app_env(), "HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 1 and error_lines(proc.stderr) == []
@@ -80,31 +87,31 @@ def _dora_dir(tmp_path: Path, *sigs: str) -> Path:
 SIGS = ("fe734bf7", "fe734bf8", "0a1b2c3d", "99887766")
 
 
-@pytest.mark.parametrize("sigs, found", slow_after_first([
-    (SIGS, "4 XPs; closest: fe734bf8, fe734bf7, 99887766; mode=list shows them all)"),
+@pytest.mark.parametrize("sigs, found", [
+    pytest.param(SIGS, "4 XPs; closest: fe734bf8, fe734bf7, 99887766; mode=list shows them all)",
+                 marks=[THROUGH_APP, pytest.mark.slow]),
     (SIGS[:2], "2 XPs: fe734bf7, fe734bf8)"),
     ((), "it holds no XP)"),
-]))
-def test_unknown_signature_names_the_closest(tmp_path, sigs, found):
+])
+def test_unknown_signature_names_the_closest(tmp_path, refused, sigs, found):
     dora = _dora_dir(tmp_path, *sigs)
-    _rejected(tmp_path, "input=xp", f"input.dora_dir={dora}", "input.sig=fe734bf",
-              message=rf"no XP 'fe734bf' in {re.escape(str(dora / 'xps'))} "
-                      rf"\({re.escape(found)}$")
+    refused(tmp_path, "input=xp", f"input.dora_dir={dora}", "input.sig=fe734bf",
+            message=rf"no XP 'fe734bf' in {re.escape(str(dora / 'xps'))} "
+                    rf"\({re.escape(found)}$")
 
 
-@pytest.mark.parametrize("where, option", slow_after_first([
-    ("dora", "input=xp"), ("dora/xps", "input=checkpoint")]))
-def test_path_at_a_dora_dir_gives_the_command(tmp_path, where, option):
+@pytest.mark.parametrize("where, option", [("dora", "input=xp"), ("dora/xps", "input=checkpoint")])
+def test_path_at_a_dora_dir_gives_the_command(tmp_path, refused, where, option):
     dora = _dora_dir(tmp_path, *SIGS)
     what = (r"is a Dora dir \(it holds xps/\)" if where == "dora"
             else rf"is the xps/ folder of the Dora dir {re.escape(str(dora))}")
-    _rejected(tmp_path, option, f"input.path={tmp_path / where}",
-              message=rf"{re.escape(str(tmp_path / where))} {what}: use input=xp "
-                      rf"input.dora_dir={re.escape(str(dora))} input.sig=SIG \(4 XPs: "
-                      rf"0a1b2c3d, 99887766, fe734bf7, \.\.\.; mode=list shows them all\)$")
+    refused(tmp_path, option, f"input.path={tmp_path / where}",
+            message=rf"{re.escape(str(tmp_path / where))} {what}: use input=xp "
+                    rf"input.dora_dir={re.escape(str(dora))} input.sig=SIG \(4 XPs: "
+                    rf"0a1b2c3d, 99887766, fe734bf7, \.\.\.; mode=list shows them all\)$")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # HF_HUB_OFFLINE is read when huggingface_hub is imported: app processes
 def test_t5_that_cannot_be_fetched_names_it_and_the_way_out(tmp_path, t5_ckpt):
     # offline, with an empty cache: what a machine without the Hub sees, without its retries
     offline = app_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
@@ -122,25 +129,25 @@ def test_t5_that_cannot_be_fetched_names_it_and_the_way_out(tmp_path, t5_ckpt):
 
 
 # --- files that are not checkpoints ---------------------------------------------------------
-def test_missing_path(tmp_path):
-    _rejected(tmp_path, *_input(tmp_path / "nope.th"),
-              message=r"nope.th: no such checkpoint file or XP folder$")
+def test_missing_path(tmp_path, refused):
+    refused(tmp_path, *_input(tmp_path / "nope.th"),
+            message=r"nope.th: no such checkpoint file or XP folder$")
 
 
 @pytest.mark.slow
-def test_folder_without_checkpoint(tmp_path):
+@THROUGH_APP
+def test_folder_without_checkpoint(tmp_path, refused):
     (tmp_path / "xp").mkdir()
-    _rejected(tmp_path, *_input(tmp_path / "xp"),
-              message=r"xp is a folder without checkpoint.th and no checkpoint\*.th at all$")
+    refused(tmp_path, *_input(tmp_path / "xp"),
+            message=r"xp is a folder without checkpoint.th and no checkpoint\*.th at all$")
 
 
-@pytest.mark.slow
-def test_fsdp_rank_shard(tmp_path, musicgen_ckpt):
+def test_fsdp_rank_shard(tmp_path, refused, musicgen_ckpt):
     shard = _checkpoint(tmp_path, musicgen_ckpt, name="checkpoint.th.3")
-    _rejected(tmp_path, *_input(shard),
-              message=rf"checkpoint.th.3 is the FSDP shard of rank 3; export the rank-0 file "
-                      rf"{re.escape(str(shard.with_name('checkpoint.th')))}, whose "
-                      rf"fsdp_best_state holds the full model$")
+    refused(tmp_path, *_input(shard),
+            message=rf"checkpoint.th.3 is the FSDP shard of rank 3; export the rank-0 file "
+                    rf"{re.escape(str(shard.with_name('checkpoint.th')))}, whose "
+                    rf"fsdp_best_state holds the full model$")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -149,44 +156,40 @@ def test_fsdp_rank_shard(tmp_path, musicgen_ckpt):
     (b"solver: musicgen\ndataset:\n  segment_duration: 30\n",
      r"is not a readable torch checkpoint: "),
 ], ids=["empty", "random-bytes", "text"])
-@pytest.mark.slow
-def test_not_a_checkpoint(tmp_path, content, message):
+def test_not_a_checkpoint(tmp_path, refused, content, message):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(content)
-    _rejected(tmp_path, *_input(path), message=message)
+    refused(tmp_path, *_input(path), message=message)
 
 
-@pytest.mark.slow
-def test_truncated_checkpoint(tmp_path, musicgen_ckpt):
+def test_truncated_checkpoint(tmp_path, refused, musicgen_ckpt):
     path = tmp_path / "checkpoint.th"
     path.write_bytes(musicgen_ckpt.read_bytes()[: musicgen_ckpt.stat().st_size // 2])
-    _rejected(tmp_path, *_input(path),
-              message=r"is truncated or damaged: it starts as a torch zip checkpoint but its "
-                      r"zip directory \(at the end of the file\) is missing$")
+    refused(tmp_path, *_input(path),
+            message=r"is truncated or damaged: it starts as a torch zip checkpoint but its "
+                    r"zip directory \(at the end of the file\) is missing$")
 
 
-@pytest.mark.slow
-def test_corrupt_member_of_the_exported_state(tmp_path, musicgen_ckpt):
+def test_corrupt_member_of_the_exported_state(tmp_path, refused, musicgen_ckpt):
     path = _checkpoint(tmp_path, musicgen_ckpt)
     key = load_checkpoint(path)["best_state"]["model"]["emb.0.weight"].storage.key
     start, _ = member_span(path, f"data/{key}")
     data = bytearray(path.read_bytes())
     data[start + 3] ^= 0xFF
     path.write_bytes(bytes(data))
-    _rejected(tmp_path, *_input(path),
-              message=rf"is damaged: its record 'data/{key}' does not match its CRC-32$")
+    refused(tmp_path, *_input(path),
+            message=rf"is damaged: its record 'data/{key}' does not match its CRC-32$")
 
 
-@pytest.mark.slow
-def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, musicgen_ckpt):
+def test_legacy_non_zip_checkpoint_needs_trust(tmp_path, refused, job_config, musicgen_ckpt):
     path = tmp_path / "legacy" / "checkpoint.th"
     path.parent.mkdir()
     torch.save(torch_load(musicgen_ckpt), path, _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(path)
-    _rejected(tmp_path, *_input(path), message=r"is in torch's legacy \(pre-1.6\) format, which "
-                                               r"cannot be read safely; re-save it with torch.save")
-    run_app(*_input(path), "compression=none", "input.trust=true", f"output.dir={tmp_path / 'rel'}",
-            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    refused(tmp_path, *_input(path), message=r"is in torch's legacy \(pre-1.6\) format, which "
+                                             r"cannot be read safely; re-save it with torch.save")
+    exported_in_process(job_config, *_input(path), "compression=none", "input.trust=true",
+                        f"output.dir={tmp_path / 'rel'}")
     assert_same_state(release_state(tmp_path / "rel" / "state_dict.bin"),
                       torch_load(musicgen_ckpt)["best_state"]["model"])
 
@@ -212,13 +215,21 @@ def _gadgets(marker: Path) -> dict[str, _Gadget]:
     }
 
 
-@pytest.mark.parametrize("where", ["history", "xp.cfg"])
-@pytest.mark.parametrize("gadget", slow_after_first(["os.system", "subprocess.Popen",
-                                                     "builtins.eval", "builtins.exec",
-                                                     "importlib.import_module"]))
-def test_malicious_pickle_is_refused_before_running(tmp_path, musicgen_ckpt, gadget, where):
+GADGETS = ["os.system", "subprocess.Popen", "builtins.eval", "builtins.exec",
+           "importlib.import_module"]
+
+
+@pytest.mark.parametrize("gadget, where", [
+    pytest.param(gadget, where, id=f"{gadget}-{where}",
+                 marks=[THROUGH_APP] if (gadget, where) == ("os.system", "history") else [])
+    for where in ("history", "xp.cfg") for gadget in GADGETS])
+def test_malicious_pickle_is_refused_before_running(tmp_path, refused, monkeypatch, musicgen_ckpt,
+                                                    gadget, where):
+    """In process too, the marker proves the payload never ran: this process would have run
+    it (the attacker's module is importable here as in the app's process)."""
     marker = tmp_path / "payload-ran"
     (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(tmp_path)
     payload = _gadgets(marker)[gadget]
 
     def edit(pkg):
@@ -228,24 +239,24 @@ def test_malicious_pickle_is_refused_before_running(tmp_path, musicgen_ckpt, gad
             pkg["xp.cfg"]._metadata.resolver_cache["evil"] = payload
 
     path = _checkpoint(tmp_path, musicgen_ckpt, edit)
-    _rejected(tmp_path, *_input(path), env=app_env(PYTHONPATH=str(tmp_path)),
-              message=rf"refusing to load {re.escape(str(path))}: it references "
-                      rf"{re.escape(gadget)}, which is not allowed in a checkpoint")
+    refused(tmp_path, *_input(path), setenv={"PYTHONPATH": str(tmp_path)},
+            message=rf"refusing to load {re.escape(str(path))}: it references "
+                    rf"{re.escape(gadget)}, which is not allowed in a checkpoint")
     assert not marker.exists()
+    assert "evil_module" not in sys.modules
 
 
-@pytest.mark.slow
-def test_trust_is_an_explicit_loud_opt_out(tmp_path, musicgen_ckpt):
+def test_trust_is_an_explicit_loud_opt_out(tmp_path, refused, job_config, caplog, musicgen_ckpt):
     def edit(pkg):
         pkg["history"][0]["train"]["finished"] = datetime(2026, 1, 1)
 
     path = _checkpoint(tmp_path, musicgen_ckpt, edit)
-    _rejected(tmp_path, *_input(path), "compression=none",
-              message=r"it references datetime.datetime, which is not allowed")
-    proc = run_app(*_input(path), "compression=none", "input.trust=true",
-                   f"output.dir={tmp_path / 'rel'}", f"hydra.run.dir={tmp_path / 'run2'}",
-                   cwd=tmp_path, check=True)
-    assert "input.trust=true: unpickling" in proc.stderr and "WITHOUT the allow-list" in proc.stderr
+    refused(tmp_path, *_input(path), "compression=none",
+            message=r"it references datetime.datetime, which is not allowed")
+    with caplog.at_level(logging.WARNING):
+        exported_in_process(job_config, *_input(path), "compression=none", "input.trust=true",
+                            f"output.dir={tmp_path / 'rel'}")
+    assert "input.trust=true: unpickling" in caplog.text and "WITHOUT the allow-list" in caplog.text
     assert (tmp_path / "rel" / "state_dict.bin").exists()
 
 
@@ -259,43 +270,41 @@ def test_trust_is_an_explicit_loud_opt_out(tmp_path, musicgen_ckpt):
     (lambda pkg: pkg.update({"xp.cfg": "solver: musicgen"}),
      r"has no xp.cfg config \(str\): not an AudioCraft"),
 ], ids=["no-states", "empty-states", "no-cfg", "cfg-not-a-config"])
-@pytest.mark.slow
-def test_checkpoint_lacks_what_a_release_needs(tmp_path, musicgen_ckpt, edit, message):
-    _rejected(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), message=message)
+def test_checkpoint_lacks_what_a_release_needs(tmp_path, refused, musicgen_ckpt, edit, message):
+    refused(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), message=message)
 
 
-@pytest.mark.slow
-def test_state_that_does_not_match_its_config(tmp_path, musicgen_ckpt):
+def test_state_that_does_not_match_its_config(tmp_path, refused, musicgen_ckpt):
     def edit(pkg):
         state = pkg["best_state"]["model"]
         del state["out_norm.weight"]
         state["extra.weight"] = torch.zeros(3)
         state["emb.0.weight"] = torch.zeros(5, 7, dtype=torch.float16)
 
-    _rejected(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), "validate=load",
-              message=r"validation 'load_lm_model' failed: the state does not match its "
-                      r"xp.cfg: 1 missing key \(e.g. out_norm.weight\), 1 unexpected key \(e.g. "
-                      r"extra.weight\), 1 wrong shape \(e.g. emb.0.weight: \[5, 7\] in the "
-                      r"file, \[257, 32\] for the config\)$")
+    refused(tmp_path, *_input(_checkpoint(tmp_path, musicgen_ckpt, edit)), "validate=load",
+            message=r"validation 'load_lm_model' failed: the state does not match its "
+                    r"xp.cfg: 1 missing key \(e.g. out_norm.weight\), 1 unexpected key \(e.g. "
+                    r"extra.weight\), 1 wrong shape \(e.g. emb.0.weight: \[5, 7\] in the "
+                    r"file, \[257, 32\] for the config\)$")
 
 
 # --- the compression model ------------------------------------------------------------------
 @pytest.mark.slow
-def test_unknown_compression_model_signature(tmp_path, musicgen_xp):
-    _rejected(tmp_path, *_input(musicgen_xp(compression="//sig/0badc0de")),
-              message=r"cannot resolve the compression model //sig/0badc0de: no XP '0badc0de' in ")
+@THROUGH_APP
+def test_unknown_compression_model_signature(tmp_path, refused, musicgen_xp):
+    refused(tmp_path, *_input(musicgen_xp(compression="//sig/0badc0de")),
+            message=r"cannot resolve the compression model //sig/0badc0de: no XP '0badc0de' in ")
 
 
-@pytest.mark.slow
-def test_missing_compression_model_file(tmp_path, musicgen_ckpt):
-    _rejected(tmp_path, *_input(musicgen_ckpt), "compression=checkpoint",
-              f"compression.path={tmp_path / 'encodec.th'}",
-              message=r"cannot resolve the compression model .*encodec.th: .*encodec.th: no such "
-                      r"checkpoint file or XP folder$")
+def test_missing_compression_model_file(tmp_path, refused, musicgen_ckpt):
+    refused(tmp_path, *_input(musicgen_ckpt), "compression=checkpoint",
+            f"compression.path={tmp_path / 'encodec.th'}",
+            message=r"cannot resolve the compression model .*encodec.th: .*encodec.th: no such "
+                    r"checkpoint file or XP folder$")
 
 
-@pytest.mark.slow
-def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # HF_HUB_OFFLINE is read when huggingface_hub is imported: app processes
+def test_pretrained_compression_model_without_the_hub(tmp_path, job_config, musicgen_ckpt):
     args = (*_input(musicgen_ckpt), "compression=pretrained",
             "compression.name=facebook/encodec_32khz")
     offline = app_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
@@ -305,8 +314,7 @@ def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
                       r"offline with validate.compression_model=<local copy>$")
     # the documented way out: validate with a local copy, still ship the pointer
     local = tmp_path / "local"
-    run_app(*_input(musicgen_ckpt), f"output.dir={local}", "validate=none",
-            f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=True)
+    exported_in_process(job_config, *_input(musicgen_ckpt), f"output.dir={local}", "validate=none")
     rel = tmp_path / "rel"
     run_app(*args, f"validate.compression_model={local / 'compression_state_dict.bin'}",
             f"output.dir={rel}", f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path,
@@ -321,49 +329,38 @@ def test_pretrained_compression_model_without_the_hub(tmp_path, musicgen_ckpt):
 
 # --- the destination ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_output_exists_and_stays_untouched(tmp_path, musicgen_ckpt):
+@THROUGH_APP
+def test_output_exists_and_stays_untouched(tmp_path, refused, job_config, musicgen_ckpt):
     dest = tmp_path / "out" / "release"
-    run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
-            f"hydra.run.dir={tmp_path / 'run0'}", cwd=tmp_path, check=True)
+    exported_in_process(job_config, *_input(musicgen_ckpt), f"output.dir={dest}", "validate=none")
     before = {p.name: sha256_of(p) for p in dest.iterdir()}
-    proc = run_app(*_input(musicgen_ckpt), "state=last", f"output.dir={dest}",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode == 1
-    [line] = error_lines(proc.stderr)
-    assert line.endswith("already exists; choose another output.dir or set "
-                         "output.overwrite=true to replace it once the new export validated")
+    refused(tmp_path, *_input(musicgen_ckpt), "state=last", keep=("release",),
+            message=r"already exists; choose another output\.dir or set "
+                    r"output\.overwrite=true to replace it once the new export validated$")
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
 
 
-@pytest.mark.slow
-def test_failed_overwrite_keeps_the_old_release(tmp_path, musicgen_ckpt, musicgen_xp):
+def test_failed_overwrite_keeps_the_old_release(tmp_path, refused, job_config, musicgen_ckpt,
+                                                musicgen_xp):
     dest = tmp_path / "out" / "release"
-    run_app(*_input(musicgen_ckpt), f"output.dir={dest}", "validate=none",
-            f"hydra.run.dir={tmp_path / 'run0'}", cwd=tmp_path, check=True)
+    exported_in_process(job_config, *_input(musicgen_ckpt), f"output.dir={dest}", "validate=none")
     before = {p.name: sha256_of(p) for p in dest.iterdir()}
-    proc = run_app(*_input(musicgen_xp("dataset.segment_duration=5")), "output.overwrite=true",
-                   f"output.dir={dest}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode == 1
-    [line] = error_lines(proc.stderr)
-    assert "MusicGen.get_pretrained rejects this model" in line
+    refused(tmp_path, *_input(musicgen_xp("dataset.segment_duration=5")), "output.overwrite=true",
+            keep=("release",), message=r"MusicGen\.get_pretrained rejects this model")
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
     assert sorted(p.name for p in dest.parent.iterdir()) == ["release"]
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
-@pytest.mark.slow
-def test_output_location_not_writable(tmp_path, musicgen_ckpt, where):
+def test_output_location_not_writable(tmp_path, refused, musicgen_ckpt, where):
     (tmp_path / "file").write_text("not a folder")
     dest = tmp_path / "file" / "release" if where == "under-a-file" else Path("/proc/acx/release")
-    proc = run_app(*_input(musicgen_ckpt), f"output.dir={dest}",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    [line] = error_lines(proc.stderr)
-    assert re.search(rf"cannot (create|write into) {re.escape(str(dest.parent))}: ", line), line
+    refused(tmp_path, *_input(musicgen_ckpt), dest=dest,
+            message=rf"cannot (create|write into) {re.escape(str(dest.parent))}: ")
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a file size limit (ulimit -f) is set on the app's process
 def test_disk_full_mid_write(tmp_path, musicgen_ckpt):
     limit = musicgen_ckpt.stat().st_size // 20  # far below the LM file, above Hydra's own files
 
@@ -375,17 +372,19 @@ def test_disk_full_mid_write(tmp_path, musicgen_ckpt):
                       rf"large \(the file size limit, ulimit -f, is {limit} bytes\)$")
 
 
-@pytest.mark.slow
-def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, musicgen_ckpt):
+def test_concurrent_run_on_the_same_release_fails_clearly(tmp_path, refused, musicgen_ckpt):
+    """In process too: flock locks belong to open files, so the test's lock excludes the job's
+    as another process's would."""
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".release.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another export holds the release
-        _rejected(tmp_path, *_input(musicgen_ckpt), keep=(".release.lock",),
-                  message=r"another export is writing .*/out/release right now$")
+        refused(tmp_path, *_input(musicgen_ckpt), keep=(".release.lock",),
+                message=r"another export is writing .*/out/release right now$")
 
 
-@pytest.mark.slow
-def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_path, musicgen_ckpt):
+@pytest.mark.slow  # an app process, killed mid-export
+def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_path, job_config,
+                                                                          musicgen_ckpt):
     dest = tmp_path / "out" / "release"
     args = (*_input(musicgen_ckpt), f"output.dir={dest}")
     proc = subprocess.Popen(app_command(*args, "validate.duration=30",
@@ -400,8 +399,7 @@ def test_sigkill_mid_export_leaves_no_release_and_the_next_run_cleans_up(tmp_pat
     proc.wait()
     assert not dest.exists()
     [staging] = (tmp_path / "out").glob(".release.staging-*")
-    run_app(*args, "validate=load", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path,
-            check=True)
+    exported_in_process(job_config, *args, "validate=load")
     assert not staging.exists()
     assert sorted(p.name for p in dest.iterdir()) == [
         "README.md", "compression_state_dict.bin", "export.json", "export_config.yaml",

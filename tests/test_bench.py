@@ -2,7 +2,6 @@
 produced and positive, its identities hold, and its arithmetic (ratios, targets, fit, disk) is
 right."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,21 +9,10 @@ from collections import namedtuple
 
 import pytest
 
-from helpers import ROOT
+from bench import bench_export as bench
+from tests.support.helpers import ROOT
 
 BENCH = ROOT / "bench" / "bench_export.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_export", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def run_bench(tmp_path, *args):
@@ -36,7 +24,7 @@ def run_bench(tmp_path, *args):
 
 
 @pytest.mark.slow  # builds a 0.6 GB checkpoint and exports it eight ways
-def test_quick_preset_produces_the_table_and_json(tmp_path, bench):
+def test_quick_preset_produces_the_table_and_json(tmp_path):
     stdout, report = run_bench(tmp_path, "--preset", "quick", "--repeats", "1", "--no-double")
     assert "| a: export_lm |" in stdout and "| e: cp |" in stdout and "| v: " in stdout
     assert set(report["variants"]) == set("abcfgdev")
@@ -90,13 +78,13 @@ def test_series_fits_a_fixed_cost_plus_a_cost_per_exported_gb(tmp_path):
     assert not list((tmp_path / "work").iterdir())
 
 
-def test_fit_needs_two_sizes(bench):
+def test_fit_needs_two_sizes():
     fixed, per_gb = bench.fit_line([(1.0, 3.0), (2.0, 5.0), (3.0, 7.5)])
     assert per_gb == pytest.approx(2.25) and fixed == pytest.approx(2 / 3)
     assert bench.fit_line([(1.0, 3.0), (1.0, 4.0)]) is None
 
 
-def test_disk_check_names_what_is_needed_and_free(bench, tmp_path, monkeypatch):
+def test_disk_check_names_what_is_needed_and_free(tmp_path, monkeypatch):
     parameters = 10**9
     needed = bench.disk_needed(parameters)
     # checkpoint (18 bytes a parameter), state-sized file and one output (2 each), margin
@@ -118,16 +106,16 @@ def _report(preset, **medians):
             "b_byte_identical": True}
 
 
-def _verdicts(bench, report):
+def _verdicts(report):
     report["ratios"], report["not_computed"] = bench.ratios(report)
     return {t["name"]: t["verdict"] for t in bench.evaluate_targets(report)}
 
 
-def test_targets_apply_per_preset_and_say_why_a_ratio_is_missing(bench):
+def test_targets_apply_per_preset_and_say_why_a_ratio_is_missing():
     medians = {"b": (1.4, 1000), "d": (1.0, 1000), "c": (3.0, 1300), "v": (2.0, 900)}
-    at_default = _verdicts(bench, _report("default", **medians))
-    at_large = _verdicts(bench, _report("large", **medians))
-    at_quick = _verdicts(bench, _report("quick", **medians))
+    at_default = _verdicts(_report("default", **medians))
+    at_large = _verdicts(_report("large", **medians))
+    at_quick = _verdicts(_report("quick", **medians))
     assert at_default["wall_b_over_d"] == "NOT met"  # 1.4 > 1.3
     assert at_large["wall_b_over_d"] == "met"  # 1.4 <= 1.5
     assert at_quick["wall_b_over_d"] == "no target at this preset"
@@ -137,7 +125,7 @@ def test_targets_apply_per_preset_and_say_why_a_ratio_is_missing(bench):
 
     report = _report("large", **medians, a=(None, None))
     report["variants"]["a"]["failed"] = "needs more than 19.5 GiB"
-    verdicts = _verdicts(bench, report)
+    verdicts = _verdicts(report)
     assert verdicts["wall_b_over_a"] == "not computed: a failed: needs more than 19.5 GiB"
     assert verdicts["a_b_tensor_identical"].startswith("not computed: a failed")
     report["mode"] = "preset"

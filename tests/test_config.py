@@ -6,8 +6,7 @@ from omegaconf import OmegaConf
 
 from audiocraft_ext import config as schemas
 from audiocraft_ext.app.guidance import explain, group_options
-
-from helpers import ROOT
+from tests.support.helpers import ROOT
 
 
 def test_defaults(compose_config):

@@ -17,8 +17,7 @@ from audiocraft_ext import (
     ValidateConfig,
     export_release,
 )
-
-from helpers import (
+from tests.support.helpers import (
     FULL_CHECKS,
     LOAD_CHECKS,
     assert_same_state,

@@ -6,36 +6,23 @@ use the `real_xps` fixture, which marks them slow."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from audiocraft_ext.reporting.finetune import finetune_command, solver_config
-
-from helpers import ROOT, assert_same_state, release_state, run_app, torch_load
+from scripts import train_fixtures  # its environment and XP lookup, reused, never copied
+from tests.support.helpers import assert_same_state, release_state, run_app, torch_load
 
 # the fixture XP trained 2 epochs x 2 updates with epoch checkpoints; one epoch is enough here
 SHORTENED = ("optim.epochs", "optim.updates_per_epoch", "checkpoint.save_every")
 ONE_EPOCH = ["optim.epochs=1", "optim.updates_per_epoch=2"]
-
-
-def _train_fixtures() -> ModuleType:
-    """scripts/train_fixtures.py as a module: its environment and XP lookup are reused, never
-    copied, and the file is never edited (its sha256 is the fixture cache's key)."""
-    spec = importlib.util.spec_from_file_location("train_fixtures",
-                                                  ROOT / "scripts" / "train_fixtures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +40,9 @@ def _finetune(real_xps: dict, release: Path, work: Path, *extra: str) -> tuple[P
     """Run the recipe for one epoch in a Dora dir of its own (the fixtures' one, which holds
     the //sig/ compression model the release's xp.cfg names, is not reachable from it).
     Return the new XP folder and the run's output."""
-    tf = _train_fixtures()
     xp = real_xps["xps"]["musicgen"]
     src = Path(real_xps["sdist_dir"])
-    env = tf.child_env(work, src, tf.ffmpeg_bin_dir(work))
+    env = train_fixtures.child_env(work, src, train_fixtures.ffmpeg_bin_dir(work))
     # The fixtures need this on torch >= 2.6 to read their //sig/ checkpoints (pickled
     # configs); the recipe reads only the release, which must load under the default,
     # weights_only=True.
@@ -70,7 +56,7 @@ def _finetune(real_xps: dict, release: Path, work: Path, *extra: str) -> tuple[P
                           cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    folder = tf.find_xp(Path(env["AUDIOCRAFT_DORA_DIR"]), argv, started)
+    folder = train_fixtures.find_xp(Path(env["AUDIOCRAFT_DORA_DIR"]), argv, started)
     assert folder is not None and (folder / "checkpoint.th").is_file(), proc.stdout[-4000:]
     return folder, proc.stdout
 

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from audiocraft_ext import ExportError, NoCompression, ValidateConfig, export_release
 from audiocraft_ext.untrusted.safe_load import load_checkpoint
-
-from helpers import assert_validated, member_span
+from tests.support.helpers import assert_validated, member_span
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 _counter = itertools.count()
@@ -71,6 +70,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
+@pytest.mark.slow  # a fuzzing campaign: 300 damaged checkpoints, each exported
 @settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_EXAMPLES" not in os.environ,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

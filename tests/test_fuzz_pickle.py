@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import crafted as c
-from helpers import ROOT, torch_load
+from tests.support import crafted as c
+from tests.support.helpers import ROOT, torch_load
 
 pytestmark = pytest.mark.slow  # 300 cases, each a forked export: about 40 s
 
@@ -80,9 +80,9 @@ def templates(musicgen_ckpt) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def worker():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SECRET": "hunter2-fuzz"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fuzz_worker.py")],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.fuzz_worker"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT / "tests")
+                            cwd=ROOT)
     assert proc.stdout.readline().strip() == "ready"
     yield proc
     proc.stdin.close()

@@ -2,9 +2,10 @@ import logging
 import subprocess
 import sys
 
-from audiocraft_ext.reporting import progress
+import pytest
 
-from helpers import app_env
+from audiocraft_ext.reporting import progress
+from tests.support.helpers import app_env
 
 
 def test_small_writes_are_silent(caplog):
@@ -26,6 +27,7 @@ def test_long_writes_log_progress_when_not_on_a_terminal(caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records][-1] == "writing release: 1.0 of 1.0 GiB (100%)"
 
 
+@pytest.mark.slow  # a fresh process: logging set up from scratch
 def test_log_to_stderr_shows_the_library_phases(musicgen_ckpt, tmp_path):
     """The documented one-liner: a library caller sees the same phase lines as the app."""
     code = ("import audiocraft_ext, sys; audiocraft_ext.log_to_stderr(); "

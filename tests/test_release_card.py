@@ -15,9 +15,8 @@ from omegaconf import OmegaConf, open_dict
 
 from audiocraft_ext import export_release
 from audiocraft_ext.config import ValidateConfig
-
-from app_cases import checkpoint_copy
-from helpers import app_env, run_app, sha256_of, torch_load
+from tests.support.app_cases import checkpoint_copy
+from tests.support.helpers import app_env, run_app, sha256_of, torch_load
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +137,7 @@ def test_a_release_with_samples_is_replaced_only_as_a_whole(musicgen_ckpt, tmp_p
 PRIVATE_USER = "zqprivateuser"
 
 
+@pytest.mark.slow  # an app process (HOME is read when huggingface_hub is imported)
 def test_nothing_private_in_a_release_made_under_a_fake_home(musicgen_ckpt, tmp_path):
     """Home folder, user name and host name appear in no file of the release, though the
     checkpoint's xp.cfg names folders under that home."""

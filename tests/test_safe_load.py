@@ -9,9 +9,8 @@ from audiocraft_ext.errors import ExportError
 from audiocraft_ext.untrusted.allowlist import PickledConfig
 from audiocraft_ext.untrusted.safe_load import UnsafeCheckpointError, load_checkpoint
 from audiocraft_ext.untrusted.xp_config import xp_config
-
-import crafted as c
-from helpers import assert_same_state, torch_load
+from tests.support import crafted as c
+from tests.support.helpers import assert_same_state, torch_load
 
 SOLVER_KEYS = ["history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model",
                "optimizer", "lr_scheduler", "ema"]

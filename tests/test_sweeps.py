@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, app_env, assert_same_state, release_state, run_app, sha256_of
+from tests.support.helpers import (
+    ROOT,
+    app_env,
+    assert_same_state,
+    release_state,
+    run_app,
+    sha256_of,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (
+from tests.support.helpers import (
     FULL_CHECKS,
+    OFFLINE,
     ROOT,
     app_env,
     assert_same_state,
@@ -22,7 +23,6 @@ from helpers import (
     torch_load,
 )
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 SNAPSHOT_FILES = ["config.json", "model.safetensors", "special_tokens_map.json", "spiece.model",
                   "tokenizer.json", "tokenizer_config.json"]
 
@@ -101,6 +101,7 @@ def test_cache_folder_has_the_hub_layout(tiny_t5_home):
     assert (config["d_model"], config["vocab_size"], config["num_layers"]) == (512, 400, 2)
 
 
+@pytest.mark.slow  # builds the T5 again, in a process importing transformers
 def test_build_is_byte_identical(tiny_t5_home, tmp_path):
     """A fresh build (same script) gives the cached files, byte for byte: any stack."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_t5.py"),
@@ -113,6 +114,7 @@ def test_build_is_byte_identical(tiny_t5_home, tmp_path):
         assert (fresh / name).read_bytes() == (cached / name).read_bytes(), name
 
 
+@pytest.mark.slow  # a process importing transformers
 def test_transformers_loads_it_by_name_offline(tiny_t5_home):
     out = run_offline(TRANSFORMERS_BODY, tiny_t5_home)
     assert out["attempts"] == []
@@ -123,6 +125,7 @@ def test_transformers_loads_it_by_name_offline(tiny_t5_home):
     assert res["finite"]
 
 
+@pytest.mark.slow  # a process importing audiocraft and transformers
 def test_audiocraft_t5_conditioner_loads_it_offline(tiny_t5_home):
     out = run_offline(AUDIOCRAFT_BODY, tiny_t5_home)
     assert out["attempts"] == []

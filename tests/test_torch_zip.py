@@ -12,8 +12,7 @@ import torch
 
 from audiocraft_ext.writing.torch_writer import save_streaming
 from audiocraft_ext.writing.torch_zip import ALIGNMENT
-
-from helpers import assert_same_state
+from tests.support.helpers import assert_same_state
 
 MODERN = hasattr(torch.serialization, "_get_storage_alignment")  # torch writes the same records
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from test_tiny_t5 import OFFLINE
 
-from app_cases import input_args, rejected
-from helpers import app_env, run_app
+from tests.support.app_cases import input_args
+from tests.support.helpers import OFFLINE, app_env, run_app
 
 HF_FILES = ["config.json", "generation_config.json", "model.safetensors",
             "preprocessor_config.json", "spiece.model", "tokenizer.json",
@@ -65,18 +64,21 @@ def test_one_folder_for_both_loaders(real_xps, tiny_t5_home, tmp_path, name, fam
     assert proc.stdout.strip().endswith("True True"), proc.stdout
 
 
-def test_a_lut_conditioned_lm_is_refused_before_writing(musicgen_ckpt, tmp_path):
-    rejected(tmp_path, *input_args(musicgen_ckpt), "output.transformers=true",
-             message=r"cannot add transformers' format \(output\.transformers=true\): .*"
-                     r"conditioner 'description' is 'lut': only T5 maps")
+@pytest.mark.slow  # an app process
+@pytest.mark.through_app
+def test_a_lut_conditioned_lm_is_refused_before_writing(refused, musicgen_ckpt, tmp_path):
+    refused(tmp_path, *input_args(musicgen_ckpt), "output.transformers=true",
+            message=r"cannot add transformers' format \(output\.transformers=true\): .*"
+                    r"conditioner 'description' is 'lut': only T5 maps")
 
 
-def test_an_encodec_both_transformers_versions_cannot_read_is_refused(encodec_ckpt, tmp_path):
+def test_an_encodec_both_transformers_versions_cannot_read_is_refused(refused, encodec_ckpt,
+                                                                      tmp_path):
     """4 codebooks of 256 entries: 4.44 counts 10 bits per codebook, 5.x 8: no bandwidth
     gives 4 quantizers on both."""
-    rejected(tmp_path, *input_args(encodec_ckpt), "output.transformers=true",
-             message=r"cannot add transformers' format \(output\.transformers=true\): no "
-                     r"target bandwidth gives 4 quantizers of 256 entries")
+    refused(tmp_path, *input_args(encodec_ckpt), "output.transformers=true",
+            message=r"cannot add transformers' format \(output\.transformers=true\): no "
+                    r"target bandwidth gives 4 quantizers of 256 entries")
 
 
 ENCODEC_BOTH = """
@@ -127,8 +129,8 @@ def test_inspect_says_whether_a_checkpoint_is_convertible(real_xps, tiny_t5_home
                                 "(transformers' EnCodec refuses it)")
 
 
-def test_an_encodec_of_400_bins_is_refused_before_writing(real_xps, tmp_path):
-    rejected(tmp_path, "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
-             f"input.sig={real_xps['xps']['encodec']['sig']}", "output.transformers=true",
-             message=r"cannot add transformers' format \(output\.transformers=true\): "
-                     r"rvq\.bins 400: not a power of two")
+def test_an_encodec_of_400_bins_is_refused_before_writing(real_xps, refused, tmp_path):
+    refused(tmp_path, "input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps']['encodec']['sig']}", "output.transformers=true",
+            message=r"cannot add transformers' format \(output\.transformers=true\): "
+                    r"rvq\.bins 400: not a power of two")

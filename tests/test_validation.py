@@ -16,8 +16,7 @@ from audiocraft_ext.untrusted.xp_config import xp_config
 from audiocraft_ext.validation.compare import check_release_file
 from audiocraft_ext.validation.lean_loading import lean_loading, no_init
 from audiocraft_ext.writing.release_format import LM_FILE, release_package, save_package
-
-from helpers import torch_load
+from tests.support.helpers import torch_load
 
 
 @pytest.fixture

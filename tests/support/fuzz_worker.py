@@ -1,11 +1,12 @@
 """Runs fuzz cases, each in a forked child, and reports how each ended.
 
-Started once by the structure-aware fuzz test (importing torch and audiocraft costs seconds,
-a fork milliseconds). Reads one JSON request per line on stdin ({"checkpoint", "dest",
-"validate", "fill"}), writes one JSON result per line on stdout: how the child ended
-("exit" with its code, "signal" with its number, or "timeout") and what it said. Child exit
-codes: 0 a release was published and checked, 1 a clean one-line ExportError and nothing
-published; anything else is a finding (see ``_run_case``).
+Started once by the structure-aware fuzz test, as ``python -m tests.support.fuzz_worker``
+from the project folder (importing torch and audiocraft costs seconds, a fork milliseconds).
+Reads one JSON request per line on stdin ({"checkpoint", "dest", "validate", "fill"}), writes
+one JSON result per line on stdout: how the child ended ("exit" with its code, "signal" with
+its number, or "timeout") and what it said. Child exit codes: 0 a release was published and
+checked, 1 a clean one-line ExportError and nothing published; anything else is a finding
+(see ``_run_case``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Helpers shared by the tests: ground-truth loading, files, running the app, comparing
 states.
 
-Imported by name (``from helpers import ...``); conftest.py holds only fixtures and hooks.
-Nothing here runs the code under test (the typed manifest is imported to read it), so that
-it can judge that code.
+Imported as ``from tests.support.helpers import ...``; conftest.py holds only fixtures and
+hooks. Nothing here runs the code under test (the typed manifest is imported to read it), so
+that it can judge that code.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import pytest
 import torch
 
 from audiocraft_ext.reporting.manifest import Manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # what validate=full and validate=load run on a MusicGen release with a compression model file,
 # in order (at full, get_pretrained runs audiocraft's two loaders: each model is built once)
 FULL_CHECKS = ["lm_file", "compression_file", "get_pretrained", "generate"]
 LOAD_CHECKS = ["lm_file", "compression_file", "load_compression_model", "load_lm_model"]
+# the environment of a process that must not reach the Hugging Face Hub (read when imported)
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def torch_load(path: Path):
@@ -137,10 +138,3 @@ def assert_validated(manifest: Manifest | dict, checks: list[str]) -> None:
     ran = [(c["check"], c["ok"]) for c in report["checks"]]
     assert ran == [(name, True) for name in checks], ran
 
-
-def slow_after_first(cases: list) -> list:
-    """``cases`` for pytest.mark.parametrize with all but the first marked slow: `make
-    test-fast` runs one representative of a family of app runs (each starts a fresh process,
-    about two seconds), `make test` runs them all. Tuples are one case's arguments."""
-    return [cases[0], *(pytest.param(*(c if isinstance(c, tuple) else (c,)),
-                                     marks=pytest.mark.slow) for c in cases[1:])]
