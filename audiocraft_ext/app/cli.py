@@ -10,9 +10,12 @@ import atexit
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
@@ -32,6 +35,7 @@ warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
 logger = logging.getLogger("export_app")
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # The user's own HYDRA_FULL_ERROR while main() sets it for Hydra; the environment carries it
 # to the jobs of a launcher's worker processes too.
 USERS_FULL_ERROR = "AUDIOCRAFT_EXT_USERS_HYDRA_FULL_ERROR"
@@ -123,6 +127,40 @@ def _report(message: str) -> None:
     sys.stderr.write(LINE_FORMAT.format(record) + "\n")
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT during a job. A BaseException, so that a multirun's job does not
+    record it as one failed export and go on: the whole run stops, as the signal asked."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}: nothing was published "
+                         "(the staging folder and the lock are removed; an existing release "
+                         "is left as it was)")
+
+
+@contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """Within the block, SIGTERM (what a cluster scheduler sends) and SIGINT (Ctrl-C) raise
+    :class:`Interrupted` in the main thread, so that the run ends as cleanly as on an error:
+    every ``finally`` runs (staging folder and lock removed). Later ones are ignored while
+    that cleanup runs; SIGKILL cannot be caught, and the next run recovers from it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for name in STOPPING_SIGNALS:
+            signal.signal(name, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {name: signal.signal(name, stop) for name in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def export_app(cfg: DictConfig) -> str | None:
     """Export (or inspect) the checkpoint the composed config designates; print the release."""
@@ -133,11 +171,15 @@ def export_app(cfg: DictConfig) -> str | None:
         _check_environment()
         from .job import run_job  # imports torch: kept out of --help and --cfg
 
-        result = run_job(cfg)
+        with _signals_end_the_run():
+            result = run_job(cfg)
     except ExportError as exc:
         # One line by default; HYDRA_FULL_ERROR=1 (as for Hydra's own errors) shows the chain.
         logger.error("%s", exc, exc_info=os.environ.get(FULL_ERROR) == "1")
         sys.exit(1)
+    except Interrupted as exc:
+        logger.error("%s", exc)
+        sys.exit(128 + exc.signum)
     if result is None:  # mode=inspect or list, or a failed job of a multirun (in its summary)
         return None
     print(result.release_dir)

@@ -56,6 +56,9 @@ def run_job(cfg: DictConfig) -> ExportResult | None:
             logger.error("%s", exc, exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1")
         else:
             logger.error("unexpected failure:\n%s", traceback.format_exc())
+    except BaseException as exc:  # a signal or an exit: recorded, then let through
+        record.update(status="failed", error=first_line(exc))
+        raise
     finally:
         record["seconds"] = round(time.perf_counter() - started, 3)
         out = Path(HydraConfig.get().runtime.output_dir) / JOB_RECORD

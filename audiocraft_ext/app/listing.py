@@ -25,7 +25,7 @@ from ..untrusted.sources import default_dora_dir, resolve_checkpoint
 from ..untrusted.states import load_solver_checkpoint, select_state
 from ..untrusted.training_history import BEST_METRIC, BEST_STAGE, summarize_history
 from ..untrusted.xp_config import raw_value, xp_config
-from ..writing.release_format import MANIFEST_FILE
+from ..writing.release_format import MANIFEST_FILE, json_text
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,18 @@ def list_xps(dora_dir: Path, releases: Path | None = None, trust: bool = False,
 def describe_xp(xp_dir: Path, released: Mapping[str, list[str]] | None = None,
                 trust: bool = False) -> XPEntry:
     """One XP folder: its checkpoint.th read without tensor bytes. A problem (no checkpoint,
-    an unreadable one, no usable state) is recorded in the entry, never raised."""
+    an unreadable one, no usable state, anything unexpected in what it holds) is recorded in
+    the entry, never raised: one broken XP does not hide the others."""
     entry = XPEntry(sig=xp_dir.name, path=str(xp_dir),
                     releases=None if released is None else released.get(xp_dir.name, []))
+    try:
+        _describe(xp_dir, entry, trust)
+    except Exception as exc:  # noqa: BLE001  (a listing reports every XP, broken ones too)
+        entry.problems.append(f"cannot be described: {type(exc).__name__}: {first_line(exc)}")
+    return entry
+
+
+def _describe(xp_dir: Path, entry: XPEntry, trust: bool) -> None:
     try:
         entry.epoch_checkpoints = list(epoch_checkpoints(xp_dir))
         path = resolve_checkpoint(xp_dir).path
@@ -99,10 +108,10 @@ def describe_xp(xp_dir: Path, released: Mapping[str, list[str]] | None = None,
         pkg = load_solver_checkpoint(path, trust=trust)
     except ExportError as exc:
         entry.problems.append(str(exc))
-        return entry
+        return
     except OSError as exc:  # an XP folder this user may not read
         entry.problems.append(one_line(f"cannot read {xp_dir}: {exc.strerror or exc}"))
-        return entry
+        return
     try:
         solver = raw_value(xp_config(pkg, str(path)), "solver")
         entry.solver = one_line(solver, 40) if isinstance(solver, str) else None
@@ -117,7 +126,6 @@ def describe_xp(xp_dir: Path, released: Mapping[str, list[str]] | None = None,
         entry.parameters = StateFacts.of(state).parameters  # from shapes: no bytes read
     except ExportError as exc:
         entry.problems.append(str(exc))
-    return entry
 
 
 def releases_by_sig(root: Path) -> dict[str, list[str]]:
@@ -173,7 +181,7 @@ def format_listing(entries: Sequence[XPEntry], as_json: bool = False) -> str:
     """One JSON list, or an aligned table with a header line (the release column only when
     releases were looked for, the problem column only when an XP has one)."""
     if as_json:
-        return json.dumps([dataclasses.asdict(e) for e in entries], indent=2)
+        return json_text([dataclasses.asdict(e) for e in entries])
     with_releases = any(e.releases is not None for e in entries)
     with_problems = any(e.problems for e in entries)
     header = ["sig", "solver", "params", "epochs", "metric", "last", "best@epoch", "MiB",

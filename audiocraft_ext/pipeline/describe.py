@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import first_line, one_line, shown
 from ..reporting.finetune import solver_config
 from ..reporting.manifest import (
     CompressionRecord,
@@ -74,7 +75,7 @@ def describe_release(plan: ReleasePlan, staging: Path, written: Written, validat
 def _model(plan: ReleasePlan, validated: Validated) -> ModelRecord:
     """The model's facts, with the frame rate a loaded compression model reported when its
     config is not in the release (a //pretrained/ pointer)."""
-    facts = model_facts(plan.cfg, plan.family, plan.compression_cfg)
+    facts = model_facts(plan.cfg, plan.family, plan.compression_cfg, plan.recorder.path)
     return facts.with_frame_rate(validated.report.frame_rate)
 
 
@@ -92,8 +93,15 @@ def _draw(plan: ReleasePlan, validated: Validated, training: TrainingSummary | N
     from ..reporting.figures import training_curves_png  # matplotlib: only when drawing
 
     logger.info("drawing the training curves (%s)", ", ".join(drawn))
-    training_curves_png(drawn, training.best_epoch if training else None,
-                        f"{plan.source.name} ({plan.solver})", staging / CURVES_FILE)
+    try:
+        training_curves_png(drawn, training.best_epoch if training else None,
+                            f"{one_line(plan.source.name, 80)} ({shown(plan.solver, 40)})",
+                            staging / CURVES_FILE)
+    except (ValueError, OverflowError, RuntimeError) as exc:  # the history is data: no curves
+        logger.warning("training curves not drawn: the history's values cannot be plotted "
+                       "(%s)", first_line(exc))
+        (staging / CURVES_FILE).unlink(missing_ok=True)
+        return samples, None
     return samples, CURVES_FILE
 
 

@@ -32,6 +32,7 @@ from ..families import Family, family_of
 from ..reporting.model_facts import cfg_of_yaml
 from ..transformers_format.files import refusal
 from ..transformers_format.mapping import encodec_refusals
+from ..untrusted.architecture import check_architecture, check_encodec_architecture
 from ..untrusted.averaging import average_members, average_state
 from ..untrusted.lazy_tensors import cast_state
 from ..untrusted.sources import CheckpointSource
@@ -109,7 +110,12 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
     weights = selection.state if dtype is OutputDtype.keep else cast_state(
         selection.state, getattr(torch, dtype.value))
     cfg, repairs = loadable_config(selection.cfg) if family.is_lm else (selection.cfg, [])
+    # before any model is built from the config: does it describe the state?
+    check_architecture(family, cfg, selection.state, str(source.path))
     compression = _shipped_compression(family, spec, cfg, source)
+    if compression is not None and compression.state is not None:  # the EnCodec beside it
+        check_encodec_architecture(cfg_of_yaml(compression.package.get("xp.cfg")),
+                                   compression.state, str(compression.source))
     packages: dict[str, dict[str, Any]] = {
         (LM_FILE if family.is_lm else COMPRESSION_FILE): release_package(weights, cfg)}
     if compression is not None:

@@ -14,6 +14,9 @@ from ..writing.release_format import write_bytes
 _NO_METADATA = {"Software": None}
 N_FFT = 1024
 FLOOR_DB = -80.0
+# Curve values beyond this magnitude are not drawn (matplotlib cannot scale an axis holding
+# 1e308); like infinities and NaN, they are left as gaps and counted in the panel's title.
+MAX_DRAWN = 1e12
 
 
 def _figure(width: float, height: float) -> Any:
@@ -65,12 +68,17 @@ def training_curves_png(curves: dict[str, dict[str, list[float]]], best_epoch: i
     axes = fig.subplots(1, len(curves), squeeze=False)
     epochs = max(len(values) for stages in curves.values() for values in stages.values())
     for ax, (metric, stages) in zip(axes[0], curves.items(), strict=True):
+        undrawn = 0
         for stage, values in stages.items():
-            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=stage)
-        if best_epoch is not None:
+            drawn = [v if math.isfinite(v) and abs(v) <= MAX_DRAWN else math.nan for v in values]
+            undrawn += sum(1 for v, d in zip(values, drawn, strict=True)
+                           if math.isnan(d) and not math.isnan(v))
+            ax.plot(range(1, len(values) + 1), drawn, marker="o", markersize=3, label=stage)
+        if best_epoch is not None and 1 <= best_epoch <= epochs:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
         ax.set(xlabel="epoch")
-        ax.set_title(metric, parse_math=False)  # names from the checkpoint's history
+        off_scale = f" ({undrawn} value(s) infinite or off scale, not drawn)" if undrawn else ""
+        ax.set_title(metric + off_scale, parse_math=False)
         ax.set_xlim(0.5, epochs + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -3,7 +3,8 @@
 The Hugging Face Hub renders a repository's README.md as its model card and reads the YAML
 front matter (library, pipeline, license, tags). Every sentence here is a template filled from
 :class:`~.manifest.Manifest`: no per-release hand-written text, and nothing the manifest does
-not record (so nothing private when paths are recorded relative).
+not record (so nothing private when paths are recorded relative). A value that comes from the
+checkpoint, its config or a user's folder is shown through :mod:`.card_text`, inert.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+from ..errors import one_line
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE
+from .card_text import code, fenced, literal, more
 from .finetune import finetune_command
 from .manifest import Manifest
 
 UNSET_LICENSE = "unknown"
+MAX_LISTED = 12  # metrics, conditioners... listed in the card; the rest are counted
+MAX_NAME = 64  # characters of a metric name shown
+MAX_TAG = 64  # characters of a front-matter value
 # what each level proves, as the README's Validation section says it
 PROOFS = {
     "full": "the files hold exactly what was written; stock AudioCraft's `get_pretrained` "
@@ -62,13 +68,14 @@ def _front_matter(m: Manifest, is_lm: bool) -> str:
 
 
 def _yaml_scalar(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a YAML string: quoted, escaped
+    # a JSON string is a YAML string: quoted, escaped, on one line (a "---" stays inside it)
+    return json.dumps(one_line(value, MAX_TAG))
 
 
 def _title(m: Manifest, is_lm: bool) -> str:
-    what = (m.model.model_class if m.model and m.model.model_class else m.source.solver) \
-        if is_lm else "EnCodec compression model"
-    return f"# {m.source.name}: {what} trained with AudioCraft\n"
+    what = (m.model.model_class if m.model and m.model.model_class
+            else f"{code(m.source.solver)} model") if is_lm else "EnCodec compression model"
+    return f"# {code(m.source.name)}: {what} trained with AudioCraft\n"
 
 
 def _license_note(m: Manifest) -> str:
@@ -87,8 +94,14 @@ def _params(n: int) -> str:
 
 
 def _rows(rows: list[tuple[str, Any]]) -> str:
-    body = [f"| {name} | {value} |" for name, value in rows if value not in (None, "", [])]
+    # a "|" in a cell, code spans included, would start another cell: escaped
+    body = [f"| {_cell(name)} | {_cell(value)} |" for name, value in rows
+            if value not in (None, "", [])]
     return "\n".join(["| | |", "| --- | --- |", *body]) + "\n"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|")
 
 
 def _model_section(m: Manifest, is_lm: bool) -> str:
@@ -102,21 +115,22 @@ def _model_section(m: Manifest, is_lm: bool) -> str:
         if model.frame_rate is not None:
             codebooks += f" at {model.frame_rate:g} frames/s"
         if model.codebooks_pattern:
-            codebooks += f", `{model.codebooks_pattern}` pattern"
+            codebooks += f", {code(model.codebooks_pattern)} pattern"
     transformer = None
     if is_lm and model.dim is not None:
         transformer = f"dim {model.dim}, {model.num_layers} layers, {model.num_heads} heads"
     audio = None
     if model.sample_rate is not None:
         audio = f"{model.sample_rate} Hz, {model.channels} channel(s)"
-    conditioning = ", ".join(f"{a}: {k}" for a, k in model.conditioners.items()) if is_lm \
-        else None
+    conditioners = list(model.conditioners.items())
+    conditioning = ", ".join(f"{code(a)}: {code(k)}" for a, k in conditioners[:MAX_LISTED]) \
+        + more(min(len(conditioners), MAX_LISTED), len(conditioners)) if is_lm else None
     compression = None
     if m.compression is not None:
-        compression = f"`{m.compression.reference}`" + (
+        compression = code(m.compression.reference) + (
             " (a pointer: AudioCraft fetches it by name)" if m.compression.pretrained
             else f", shipped as `{COMPRESSION_FILE}`")
-    rows = [("Family", f"`{model.family}`, loaded with {loader}"),
+    rows = [("Family", f"{code(model.family)}, loaded with {loader}"),
             ("Parameters", _params(m.state.parameters)),
             ("Weights", ", ".join(f"{n} x {d}" for d, n in m.state.dtypes.items())),
             ("Transformer", transformer), ("Audio", audio), ("Codebooks", codebooks),
@@ -136,11 +150,13 @@ def _training_section(m: Manifest) -> str:
     if t.best_metric is not None and t.best_value is not None:
         lines[-1] += (f" Best valid `{t.best_metric}` {t.best_value:.4g} at epoch "
                       f"{t.best_epoch} (the rule AudioCraft picks its best state by).")
-    metrics = list(dict.fromkeys([*t.last.get("valid", {}), *t.last.get("train", {})]))[:12]
+    metrics = list(dict.fromkeys([*t.last.get("valid", {}), *t.last.get("train", {})]))
     if metrics:
-        lines += ["", "Last epoch:", "", "| metric | train | valid |", "| --- | --- | --- |"]
-        lines += [f"| {name} | {_num(t.metric(name, 'train'))} | {_num(t.metric(name))} |"
-                  for name in metrics]
+        listed = metrics[:MAX_LISTED]
+        lines += ["", "Last epoch" + more(len(listed), len(metrics) + t.omitted) + ":", "",
+                  "| metric | train | valid |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(code(name, MAX_NAME))} | {_num(t.metric(name, 'train'))} | "
+                  f"{_num(t.metric(name))} |" for name in listed]
     if m.curves:
         lines += ["", f"![Training curves]({m.curves})"]
     return "\n".join(lines) + "\n"
@@ -155,7 +171,7 @@ def _samples_section(m: Manifest) -> str:
         return ""
     lines = ["## Listen\n"]
     for s in m.samples:
-        what = (f'"{s["description"]}"' if s["name"] == "text"
+        what = (code(s["description"]) if s["name"] == "text"
                 else s["description"] or "no conditioning")
         lines += [f"**{s['name']}**: {what} ({s['seconds']:g} s, {s['sample_rate']} Hz)", "",
                   f'<audio controls src="{s["audio"]}"></audio>', "",
@@ -166,22 +182,23 @@ def _samples_section(m: Manifest) -> str:
 def _usage_section(m: Manifest, is_lm: bool) -> str:
     folder = m.release
     if not is_lm:
-        code = ["from audiocraft.models import CompressionModel", "",
-                f'model = CompressionModel.get_pretrained("{folder}/{COMPRESSION_FILE}")',
-                "codes, scale = model.encode(wav)  # wav: [batch, channels, samples]",
-                "audio = model.decode(codes, scale)"]
+        path = literal(f"{folder}/{COMPRESSION_FILE}")
+        snippet = ["from audiocraft.models import CompressionModel", "",
+                   f"model = CompressionModel.get_pretrained({path})",
+                   "codes, scale = model.encode(wav)  # wav: [batch, channels, samples]",
+                   "audio = model.decode(codes, scale)"]
     else:
         assert m.model is not None  # an LM has its model facts
         cls = m.model.model_class
         prompt = "" if not m.model.conditioners else '"warm lo-fi piano with soft drums"'
-        code = [f"from audiocraft.models import {cls}", "",
-                f'model = {cls}.get_pretrained("{folder}")  # this folder',
-                "model.set_generation_params(duration=8)" if cls != "MAGNeT" else
-                "model.set_generation_params()",
-                f"wav = model.generate([{prompt}])" if prompt else
-                "wav = model.generate_unconditional(1)"]
-    return "\n".join(["## Use it\n", "With AudioCraft installed:", "", "```python", *code,
-                      "```", ""])
+        snippet = [f"from audiocraft.models import {cls}", "",
+                   f"model = {cls}.get_pretrained({literal(folder)})  # this folder",
+                   "model.set_generation_params(duration=8)" if cls != "MAGNeT" else
+                   "model.set_generation_params()",
+                   f"wav = model.generate([{prompt}])" if prompt else
+                   "wav = model.generate_unconditional(1)"]
+    return "\n".join(["## Use it\n", "With AudioCraft installed:", "",
+                      *fenced(snippet, "python"), ""])
 
 
 def _transformers_section(m: Manifest) -> str:
@@ -193,8 +210,8 @@ def _transformers_section(m: Manifest) -> str:
     if hf["model_class"] == "EncodecModel":
         lines = ["## Use it with 🤗 transformers\n", "This folder is also an `EncodecModel`:",
                  "", "```python", "from transformers import AutoFeatureExtractor, EncodecModel",
-                 "", f'model = EncodecModel.from_pretrained("{folder}")',
-                 f'features = AutoFeatureExtractor.from_pretrained("{folder}")',
+                 "", f"model = EncodecModel.from_pretrained({literal(folder)})",
+                 f"features = AutoFeatureExtractor.from_pretrained({literal(folder)})",
                  "codes = model.encode(**features(raw_audio=wav, sampling_rate=features."
                  'sampling_rate, return_tensors="pt")).audio_codes', "```", ""]
         if proof:
@@ -204,10 +221,10 @@ def _transformers_section(m: Manifest) -> str:
         return "\n".join(lines)
     lines = ["## Use it with 🤗 transformers\n",
              "This folder is also a `MusicgenForConditionalGeneration` (text encoder "
-             f"`{hf['text_encoder']}`):", "", "```python",
+             f"{code(hf['text_encoder'])}):", "", "```python",
              "from transformers import AutoProcessor, MusicgenForConditionalGeneration", "",
-             f'processor = AutoProcessor.from_pretrained("{folder}")',
-             f'model = MusicgenForConditionalGeneration.from_pretrained("{folder}")',
+             f"processor = AutoProcessor.from_pretrained({literal(folder)})",
+             f"model = MusicgenForConditionalGeneration.from_pretrained({literal(folder)})",
              'inputs = processor(text=["warm lo-fi piano with soft drums"], '
              'return_tensors="pt")',
              "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
@@ -239,7 +256,7 @@ def _finetune_section(m: Manifest, is_lm: bool) -> str:
            "(not recorded: give the same model settings as the XP)")
         + "; change data and optimisation settings as you need. The compression model is "
         "the one shipped here, so the original XP and its Dora dir are not needed:", "",
-        "```bash", " ".join(["dora -P audiocraft run", *map(_shell_word, command)]), "```",
+        *fenced([" ".join(["dora -P audiocraft run", *map(_shell_word, command)])], "bash"),
         ""])
 
 
@@ -252,12 +269,12 @@ def _shell_word(word: str) -> str:
 
 def _provenance_section(m: Manifest) -> str:
     s = m.source
-    rows = [("Source", f"`{s.path}`" + (f" (XP `{s.xp_sig}`)" if s.xp_sig else "")),
-            ("State", f"`{m.state.key}` (state={m.state.selected}, dtype={m.state.dtype})"),
+    rows = [("Source", code(s.path) + (f" (XP {code(s.xp_sig)})" if s.xp_sig else "")),
+            ("State", f"{code(m.state.key)} (state={m.state.selected}, dtype={m.state.dtype})"),
             *((f"`{name}`", f"{f.bytes:,} bytes, sha256 `{f.sha256}`")
               for name, f in m.files.items()),
             ("Made with", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
-            ("Config repairs", "; ".join(m.repairs)),
+            ("Config repairs", "; ".join(code(r) for r in m.repairs)),
             ("Paths", "relative to the Dora dir" if m.record_paths == "relative"
              else "as given (absolute)")]
     return "## Provenance\n\n" + _rows(rows)
@@ -274,5 +291,6 @@ def _validation_section(m: Manifest) -> str:
         lines.append(f"- `{check.check}`{extra}: {'ok' if check.ok else 'FAILED'}")
     lines += [f"- skipped: {s}" for s in v.skipped]
     if v.compression_stand_in:
-        lines.append(f"- validated with the local compression model `{v.compression_stand_in}`")
+        lines.append("- validated with the local compression model "
+                     f"{code(v.compression_stand_in)}")
     return "\n".join(lines) + "\n"

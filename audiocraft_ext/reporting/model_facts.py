@@ -7,6 +7,7 @@ expected type is recorded as unknown (None) rather than guessed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,11 +72,13 @@ def encodec_frame_rate(cfg: DictConfig) -> float | None:
     return sample_rate / math.prod(ratios)
 
 
-def model_facts(cfg: DictConfig, family: Family,
-                compression_cfg: DictConfig | None = None) -> ModelRecord:
+def model_facts(cfg: DictConfig, family: Family, compression_cfg: DictConfig | None = None,
+                record: Callable[[str], str] = str) -> ModelRecord:
     """The model of ``family`` that ``cfg`` describes; an LM's frame rate comes from its
-    compression model's config, when one is shipped."""
-    return lm_facts(cfg, family, compression_cfg) if family.is_lm else compression_facts(cfg)
+    compression model's config, when one is shipped. ``record`` records a name that may be
+    a path (a T5 given as a local folder) as the release records paths."""
+    return (lm_facts(cfg, family, compression_cfg, record) if family.is_lm
+            else compression_facts(cfg))
 
 
 def compression_facts(cfg: DictConfig) -> ModelRecord:
@@ -88,8 +91,8 @@ def compression_facts(cfg: DictConfig) -> ModelRecord:
         segment_duration=_number(cfg, "dataset.segment_duration"))
 
 
-def lm_facts(cfg: DictConfig, family: Family,
-             compression_cfg: DictConfig | None = None) -> ModelRecord:
+def lm_facts(cfg: DictConfig, family: Family, compression_cfg: DictConfig | None = None,
+             record: Callable[[str], str] = str) -> ModelRecord:
     """An LM's model."""
     return ModelRecord(
         family=_str(cfg, "solver"), model_class=family.model_class,
@@ -98,12 +101,13 @@ def lm_facts(cfg: DictConfig, family: Family,
         frame_rate=encodec_frame_rate(compression_cfg) if compression_cfg is not None else None,
         codebooks_pattern=_str(cfg, "codebooks_pattern.modeling"),
         dim=_int(cfg, "transformer_lm.dim"), num_layers=_int(cfg, "transformer_lm.num_layers"),
-        num_heads=_int(cfg, "transformer_lm.num_heads"), conditioners=_conditioners(cfg),
+        num_heads=_int(cfg, "transformer_lm.num_heads"),
+        conditioners=_conditioners(cfg, record),
         segment_duration=_number(cfg, "dataset.segment_duration"),
         cfg_coef=_number(cfg, "classifier_free_guidance.inference_coef"))
 
 
-def _conditioners(cfg: DictConfig) -> dict[str, str]:
+def _conditioners(cfg: DictConfig, record: Callable[[str], str]) -> dict[str, str]:
     """``attribute -> kind`` of the conditioners, with the T5 model's name for T5."""
     node = raw_value(cfg, "conditioners")
     if not isinstance(node, DictConfig):
@@ -114,7 +118,7 @@ def _conditioners(cfg: DictConfig) -> dict[str, str]:
         if kind is None:
             continue
         name = _str(cfg, f"conditioners.{attribute}.{kind}.name")
-        found[attribute] = f"{kind} ({name})" if name else kind
+        found[attribute] = f"{kind} ({record(name)})" if name else kind
     return found
 
 

@@ -165,6 +165,8 @@ def _greedy_frames(lm: Any, model: Any, attribute: str,
         model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                        guidance_scale=cfg_coef, max_new_tokens=frames + n_q - 1,
                        decoder_start_token_id=card, pad_token_id=card, bos_token_id=card)
+    if not captured:  # generate stopped before decoding any audio
+        return 0
     theirs = captured[0][0]  # [chunks, batch, n_q, frames] -> [batch, n_q, frames]
     if theirs.shape != ours.shape:
         return 0

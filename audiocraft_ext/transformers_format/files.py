@@ -12,9 +12,8 @@ Validation then proves that the folder computes what AudioCraft computes.
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from ..errors import ExportError, first_line, setting, shown
 from ..validation.lean_loading import lean_loading
 from ..writing.release_format import (
     COMPRESSION_FILE,
-    TOKENIZER_FILES,
     TRANSFORMERS_FILES,
     write_text,
 )
@@ -47,6 +45,7 @@ from .mapping import (
     refusals,
     value,
 )
+from .text_encoder import loaded_text_encoder, save_tokenizer
 
 MODEL_CLASS = "MusicgenForConditionalGeneration"
 ENCODEC_CLASS = "EncodecModel"
@@ -54,6 +53,8 @@ ENCODEC_CLASS = "EncodecModel"
 # a rounding difference that grows with the position (~1e-6 at 20 frames)
 MAX_ABS_DIFF = 1e-4
 PROOF_FRAMES = 20
+# frames of one training segment (rows of transformers' position table): 87 min at 50 Hz
+MAX_SEGMENT_FRAMES = 1 << 18
 
 
 def refusal(lm_cfg: DictConfig, compression_package: Mapping[str, Any] | None,
@@ -129,45 +130,46 @@ def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str
     """Write the transformers files into ``folder``; return what the manifest records."""
     import transformers
 
-    source = text_encoder or t5_name(lm_cfg)
-    try:
-        t5 = transformers.T5EncoderModel.from_pretrained(source)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ExportError(
-            f"{setting('output.transformers', True)} needs the T5 text encoder {shown(source)}, "
-            f"which transformers could not load here ({first_line(exc)}); it comes from the "
-            "Hugging Face Hub or its cache (HF_HOME), or give a local folder with "
-            f"{setting('output.text_encoder', '<folder>')}") from exc
     encodec_kwargs, encodec = checked_encodec(lm_cfg, compression_cfg, compression_state)
     n_q = int(value(lm_cfg, "transformer_lm.n_q"))
     frames = _segment_frames(lm_cfg, encodec_kwargs)
     decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
     decoder_kwargs["max_position_embeddings"] = max(2048, frames + n_q)
-    config = transformers.MusicgenConfig(
-        text_encoder=text_encoder_config(t5),
-        audio_encoder=transformers.EncodecConfig(**encodec_kwargs).to_dict(),
-        decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
-    text_state = {k: v.detach().clone().contiguous() for k, v in t5.state_dict().items()}
-    write_folder(folder, config, musicgen_state(decoder, projection, encodec, text_state))
-    # the delay pattern needs n_q - 1 steps beyond the frames of one training segment
-    transformers.GenerationConfig(**generation_kwargs(lm_cfg), max_new_tokens=frames + n_q - 1
-                                  ).save_pretrained(folder)
-    transformers.EncodecFeatureExtractor(
-        feature_size=encodec_kwargs["audio_channels"],
-        sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
-    _name_the_processor(folder / "preprocessor_config.json")
-    _save_tokenizer(tokenizer, source, folder)
-    return {"model_class": MODEL_CLASS, "text_encoder": source, "files": _fsynced(folder)}
+    with loaded_text_encoder(t5_name(lm_cfg), text_encoder) as t5:
+        config = transformers.MusicgenConfig(
+            text_encoder=text_encoder_config(t5.model),
+            audio_encoder=transformers.EncodecConfig(**encodec_kwargs).to_dict(),
+            decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
+        text_state = {k: v.detach().clone().contiguous()
+                      for k, v in t5.model.state_dict().items()}
+        write_folder(folder, config, musicgen_state(decoder, projection, encodec, text_state))
+        # the delay pattern needs n_q - 1 steps beyond the frames of one training segment
+        transformers.GenerationConfig(**generation_kwargs(lm_cfg),
+                                      max_new_tokens=frames + n_q - 1).save_pretrained(folder)
+        transformers.EncodecFeatureExtractor(
+            feature_size=encodec_kwargs["audio_channels"],
+            sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
+        _name_the_processor(folder / "preprocessor_config.json")
+        save_tokenizer(t5, folder)
+    return {"model_class": MODEL_CLASS, "text_encoder": t5.origin, "files": _fsynced(folder)}
 
 
 def _segment_frames(lm_cfg: DictConfig, encodec_kwargs: Mapping[str, Any]) -> int:
-    hop = 1
-    for ratio in encodec_kwargs["upsampling_ratios"]:
-        hop *= ratio
+    """The frames of one training segment: transformers' position table holds them (and
+    generation makes as many by default), so they are bounded before anything is built."""
+    hop = math.prod(encodec_kwargs["upsampling_ratios"])
     seconds = value(lm_cfg, "dataset.segment_duration")
-    seconds = float(seconds) if isinstance(seconds, (int, float)) else 30.0
-    return int(seconds * encodec_kwargs["sampling_rate"] / hop)
+    seconds = seconds if isinstance(seconds, (int, float)) else 30.0
+    try:
+        frames = float(seconds) * encodec_kwargs["sampling_rate"] / hop
+        rate = encodec_kwargs["sampling_rate"] / hop
+    except OverflowError:  # an integer beyond any float
+        frames = rate = math.inf
+    if not (math.isfinite(frames) and 1 <= frames <= MAX_SEGMENT_FRAMES):
+        raise ExportError(f"dataset.segment_duration={shown(seconds)} s at {rate:g} frames/s "
+                          f"is {frames:g} frames: transformers' position table and generation "
+                          f"config are made for 1 to {MAX_SEGMENT_FRAMES:,}")
+    return int(frames)
 
 
 def _name_the_processor(path: Path) -> None:
@@ -176,23 +178,6 @@ def _name_the_processor(path: Path) -> None:
     content = json.loads(path.read_text())
     content["processor_class"] = "MusicgenProcessor"
     write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", path)
-
-
-def _save_tokenizer(tokenizer: Any, source: str, folder: Path) -> None:
-    """The tokenizer's files, by their fixed names only (a release holds nothing else); the
-    ones transformers 5.x no longer writes (the sentencepiece model, which 4.44's slow
-    tokenizer reads) are copied from where the T5 came from."""
-    from huggingface_hub import try_to_load_from_cache
-
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer.save_pretrained(scratch)
-        for name in TOKENIZER_FILES:
-            found: Any = Path(scratch) / name
-            if not found.is_file():
-                found = Path(source) / name if Path(source).is_dir() else \
-                    try_to_load_from_cache(source, name)
-            if isinstance(found, (str, Path)) and Path(found).is_file():
-                shutil.copyfile(found, folder / name)
 
 
 def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,

@@ -14,13 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, Node, OmegaConf
-from omegaconf.errors import ConfigAttributeError
+from omegaconf import DictConfig, OmegaConf
 
 from ..untrusted.lazy_tensors import LazyTensor
-from ..untrusted.xp_config import raw_value
+from ..untrusted.xp_config import literal_value, raw_value
 
-_REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")
 SINUSOID_MAX_PERIOD = 10_000  # the only period transformers' sinusoidal table uses
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}  # audiocraft name -> transformers ACT2FN name
 # transformers 4.44 sizes the quantizer assuming 10 bits per codebook (5.x: log2 of the size)
@@ -28,24 +26,8 @@ LEGACY_BITS_PER_CODEBOOK = 10
 
 
 def value(cfg: DictConfig, key: str) -> Any:
-    """The literal at dotted ``key``, following plain ``${other.key}`` references within the
-    config; None when absent or not a literal (a resolver such as ``${oc.env:...}``)."""
-    for _ in range(8):  # references chain rarely; a bound keeps a cycle finite
-        try:
-            found = raw_value(cfg, key)
-        except ConfigAttributeError:  # an absent key of a struct-mode config
-            return None
-        match = _REFERENCE.match(found) if isinstance(found, str) else None
-        if match is None:
-            break
-        key = match.group(1)
-    if isinstance(found, str) and "${" in found:
-        return None
-    if isinstance(found, ListConfig):
-        return OmegaConf.to_container(found, resolve=False)
-    if isinstance(found, list):  # raw_value gives a list's nodes
-        return [item._value() if isinstance(item, Node) else item for item in found]
-    return found
+    """The literal at dotted ``key`` (:func:`~audiocraft_ext.untrusted.xp_config.literal_value`)."""
+    return literal_value(cfg, key)
 
 
 def _int(cfg: DictConfig, key: str) -> int | None:
@@ -109,6 +91,10 @@ def _lm_refusals(cfg: DictConfig) -> list[str]:
         reasons.append(f"{tf}.max_period is not {SINUSOID_MAX_PERIOD}")
     if value(cfg, f"{tf}.positional_scale") not in (None, 1, 1.0):
         reasons.append(f"{tf}.positional_scale is not 1")
+    coef = value(cfg, "classifier_free_guidance.inference_coef")
+    if not (type(coef) is int or (type(coef) is float and math.isfinite(coef))):
+        reasons.append(f"classifier_free_guidance.inference_coef {coef!r}: transformers' "
+                       "guidance scale needs a finite number")
     if value(cfg, f"{tf}.activation") not in ACTIVATIONS:
         reasons.append(f"{tf}.activation {value(cfg, f'{tf}.activation')!r}: "
                        f"only {sorted(ACTIVATIONS)} map")

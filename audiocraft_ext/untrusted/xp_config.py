@@ -10,16 +10,19 @@ putting this machine's secret into a model, a log line or a manifest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, Node, OmegaConf
 from omegaconf.basecontainer import BaseContainer
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ExportError, first_line, shown
 from .allowlist import PickledConfig, config_data
+
+_REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")  # a plain reference to another key
 
 
 def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
@@ -78,3 +81,25 @@ def no_resolvers() -> Iterator[None]:
         yield
     finally:  # keep what a module imported meanwhile registered for itself
         BaseContainer._resolvers = {**saved, **BaseContainer._resolvers}
+
+
+def literal_value(cfg: DictConfig, key: str) -> Any:
+    """The literal at dotted ``key``, following plain ``${other.key}`` references within the
+    config; None when absent or not a literal (a resolver such as ``${oc.env:...}``, a cycle).
+    A list comes back as a plain list."""
+    for _ in range(8):  # a bound keeps a cycle of references finite
+        try:
+            found = raw_value(cfg, key)
+        except OmegaConfBaseException:
+            return None
+        match = _REFERENCE.match(found) if isinstance(found, str) else None
+        if match is None:
+            break
+        key = match.group(1)
+    if isinstance(found, str) and "${" in found:
+        return None
+    if isinstance(found, ListConfig):
+        return OmegaConf.to_container(found, resolve=False)
+    if isinstance(found, list):  # raw_value gives a list's nodes
+        return [item._value() if isinstance(item, Node) else item for item in found]
+    return found

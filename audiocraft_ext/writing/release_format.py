@@ -10,6 +10,7 @@ validation generated, each with its spectrogram). (:mod:`.publish` puts the fold
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from importlib.metadata import version
@@ -68,8 +69,24 @@ def save_package(package: Mapping[str, Any], path: Path,
     return save_streaming(dict(package), path, progress)
 
 
+def json_text(data: Any) -> str:
+    """``data`` as strict JSON (indented): a number JSON cannot hold (NaN, an infinity, from
+    a checkpoint's history) is written as the string ``"nan"``, ``"inf"`` or ``"-inf"``."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(data: Mapping[str, Any], path: Path) -> None:
-    write_text(json.dumps(data, indent=2, default=str) + "\n", path)
+    write_text(json_text(data) + "\n", path)
 
 
 def fsync_dir(path: Path) -> None:
