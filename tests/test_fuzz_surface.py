@@ -63,13 +63,13 @@ def base(musicgen_ckpt) -> dict:
 
 
 def _case(tmp_path_factory, source: Path, pkg: dict) -> Path:
-    """``pkg`` saved as an XP of a Dora dir of its own, beside ``source``'s siblings."""
+    """``pkg`` saved as an XP of a Dora dir of its own, beside the XP of the compression model
+    it names (//sig/SIG)."""
     case = tmp_path_factory.mktemp(f"fuzzs{next(_counter)}", numbered=False)
     xps = case / "dora" / "xps"
     (xps / "fuzzed").mkdir(parents=True)
-    for xp in source.parent.parent.iterdir():
-        if xp != source.parent:
-            (xps / xp.name).symlink_to(xp)
+    sig = str(pkg["xp.cfg"].compression_model_checkpoint).removeprefix("//sig/")
+    (xps / sig).symlink_to(source.parent.parent / sig)
     torch.save(pkg, xps / "fuzzed" / "checkpoint.th")
     return xps / "fuzzed" / "checkpoint.th"
 
