@@ -181,6 +181,15 @@ class ExportConfig:
     output: OutputConfig = MISSING
     validate: ValidateConfig = MISSING
 
+    def __post_init__(self) -> None:
+        # Built in Python (the library), a group left out takes its default option; composed
+        # by Hydra, conf/export.yaml's defaults list always chose one.
+        for name, default in (("input", InputConfig), ("state", StateConfig),
+                              ("compression", AutoCompression), ("output", OutputConfig),
+                              ("validate", ValidateConfig)):
+            if getattr(self, name) == MISSING:
+                setattr(self, name, default())
+
 
 # The options of each config group that conf/ offers (conf/<group>/<name>.yaml extends
 # schema/<group>/<name>): group -> option name -> schema.

@@ -95,3 +95,29 @@ def test_the_groups_options_and_their_schemas():
     assert group_options(ROOT / "conf" / "input") == {
         "checkpoint": schemas.CheckpointInput, "demo": schemas.DemoInput, "xp": schemas.XPInput}
     assert set(group_options(ROOT / "conf" / "state").values()) == {schemas.StateConfig}
+
+
+def test_option_names_in_messages_come_from_the_schema():
+    """Every field of every option is named as the command line and as export_release write
+    it, with no table of names to keep in step; a key the schema lacks is an error."""
+    from dataclasses import fields
+
+    from audiocraft_ext.config import OPTIONS
+    from audiocraft_ext.errors import command_line_messages, setting
+
+    for group, options in OPTIONS.items():
+        for option, schema in options.items():
+            for f in fields(schema):
+                key = f"{group}.{f.name}"
+                with command_line_messages():
+                    assert setting(key, 1).endswith(f"{key}=1")
+                library = setting(key, 1)
+                assert library in (f"{f.name}=1", "out_dir=1") or library.startswith(
+                    f"{group}={schema.__name__}({f.name}=1)"), library
+    with command_line_messages():
+        assert setting("compression.name", "x") == "compression=pretrained compression.name=x"
+        assert setting("compression=none") == "compression=none"
+    assert setting("compression=none") == "compression=NoCompression()"
+    assert setting("output.overwrite", True) == "overwrite=True"
+    with pytest.raises(KeyError):
+        setting("output.overwite")

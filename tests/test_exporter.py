@@ -14,6 +14,7 @@ from audiocraft_ext import (
     ExportError,
     NoCompression,
     PretrainedCompression,
+    StateConfig,
     ValidateConfig,
     export_release,
 )
@@ -276,11 +277,14 @@ def test_only_failures_to_reach_the_network_are_blamed_on_it():
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"state": "Best"}, r"^unknown StateChoice 'Best' \(known: auto, fsdp_best, best, last, ema, "
-                        r"average\)$"),
-    ({"dtype": "fp16"}, r"^unknown OutputDtype 'fp16' \(known: keep, float16, bfloat16, "
+    ({"state": "Best"}, r"^state='Best' is not an option \(known: auto, fsdp_best, best, last, "
+                        r"ema, average\)$"),
+    ({"dtype": "fp16"}, r"^dtype='fp16' is not an option \(known: keep, float16, bfloat16, "
                         r"float32\)$"),
-    ({"validate": "lod"}, r"^unknown ValidateLevel 'lod' \(known: full, load, none\)$"),
+    ({"validate": "lod"}, r"^validate='lod' is not an option \(known: full, load, none\)$"),
+    ({"record_paths": "rel"}, r"^record_paths='rel' is not an option \(known: relative, "
+                              r"absolute\)$"),
+    ({"state": StateConfig(select="avg")}, r"^select='avg' is not an option \(known: auto, "),
 ])
 def test_library_callers_misspelling_a_choice_get_one_line(musicgen_ckpt, tmp_path, args,
                                                            message):
@@ -292,3 +296,19 @@ def test_library_callers_misspelling_a_choice_get_one_line(musicgen_ckpt, tmp_pa
 def test_validate_may_be_given_as_its_level(musicgen_ckpt, tmp_path):
     result = export_release(musicgen_ckpt, tmp_path / "rel", validate="load")
     assert_validated(result.manifest, LOAD_CHECKS)
+
+
+def test_the_library_takes_the_schema_the_command_line_composes(musicgen_ckpt, tmp_path):
+    """export() takes config.py's ExportConfig (groups left out take their default option,
+    enum values may be strings); export_release is its keyword form."""
+    from audiocraft_ext import ExportConfig, OutputConfig, export
+
+    spec = ExportConfig(output=OutputConfig(dir=str(tmp_path / "rel"), dtype="float32"),
+                        validate=ValidateConfig(level="load"))
+    result = export(musicgen_ckpt, spec)
+    assert_validated(result.manifest, LOAD_CHECKS)
+    assert list(result.manifest.state.dtypes) == ["float32"]
+    assert result.manifest.state.selected == "auto" and result.manifest.compression is not None
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'overwite' \(options of "
+                                        r"OutputConfig: dtype, license, overwrite, "):
+        export_release(musicgen_ckpt, tmp_path / "other", overwite=True)

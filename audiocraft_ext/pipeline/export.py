@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
@@ -48,10 +48,11 @@ class ExportResult:
     manifest: Manifest = field(repr=False)
 
 
-def export(source: CheckpointSource, spec: ExportConfig, *,
+def export(checkpoint: str | Path | CheckpointSource, spec: ExportConfig, *,
            config: Mapping[str, Any] | None = None,
            extra_files: Mapping[str, str] | None = None) -> ExportResult:
-    """Export ``source`` to the release folder ``spec.output.dir`` as ``spec`` says.
+    """Export ``checkpoint`` (a ``checkpoint*.th`` file or an XP folder) to the release folder
+    ``spec.output.dir`` as ``spec`` says (``spec.input`` is read for ``trust`` alone).
 
     Only the selected state's tensors are read, one storage at a time, so memory stays near
     the size of the largest tensor whatever else the checkpoint holds. ``config`` (the
@@ -61,8 +62,11 @@ def export(source: CheckpointSource, spec: ExportConfig, *,
     Raises:
         ExportError: with a one-line explanation; nothing is left at the destination.
     """
+    spec = _typed_spec(spec)
     if spec.output.dir is None:
         raise ValueError("spec.output.dir: the release folder is required")
+    source = (checkpoint if isinstance(checkpoint, CheckpointSource)
+              else resolve_checkpoint(checkpoint))
     out_dir = Path(os.path.abspath(os.path.expanduser(spec.output.dir)))  # ".." resolved
     unknown = sorted(set(extra_files or {}) - RELEASE_FILES)
     if unknown:
@@ -133,32 +137,39 @@ def export_release(
         if name not in known:
             raise TypeError(f"export_release() got an unexpected keyword argument {name!r} "
                             f"(options of OutputConfig: {', '.join(sorted(known))})")
-    # The library's boundary: strings become the schema's enums here, and only here.
     spec = ExportConfig(
         input=InputConfig(trust=trust),
-        state=_typed(state) if isinstance(state, StateConfig)
-        else StateConfig(select=_enum(StateChoice, state)),
+        state=state if isinstance(state, StateConfig)
+        else StateConfig(select=_enum(StateChoice, state, "state")),
         compression=compression if compression is not None else AutoCompression(),
-        output=_typed(OutputConfig(dir=str(out_dir), **output)),
-        validate=_typed(validate) if isinstance(validate, ValidateConfig)
-        else ValidateConfig(level=_enum(ValidateLevel, validate or ValidateLevel.full)))
-    source = (checkpoint if isinstance(checkpoint, CheckpointSource)
-              else resolve_checkpoint(checkpoint))
-    return export(source, spec, config=config, extra_files=extra_files)
+        output=OutputConfig(dir=str(out_dir), **output),
+        validate=validate if isinstance(validate, ValidateConfig)
+        else ValidateConfig(level=_enum(ValidateLevel, validate or ValidateLevel.full,
+                                        "validate")))
+    return export(checkpoint, spec, config=config, extra_files=extra_files)
+
+
+def _typed_spec(spec: ExportConfig) -> ExportConfig:
+    """The library's boundary: enum values given as strings, in ``spec`` and its groups,
+    become the schema's enums here, and only here."""
+    groups = {f.name: _typed(getattr(spec, f.name)) for f in fields(spec)
+              if is_dataclass(getattr(spec, f.name))}
+    return _typed(replace(spec, **groups))
 
 
 def _typed(options: D) -> D:
     """``options`` (a schema dataclass) with each enum field given as a string converted."""
     hints = get_type_hints(type(options))
-    converted = {f.name: _enum(hints[f.name], getattr(options, f.name))
+    converted = {f.name: _enum(hints[f.name], getattr(options, f.name), f.name)
                  for f in fields(options)
                  if isinstance(hints[f.name], type) and issubclass(hints[f.name], Enum)}
     return replace(options, **converted)
 
 
-def _enum(kind: type[E], value: E | str) -> E:
+def _enum(kind: type[E], value: E | str, name: str) -> E:
+    """``value`` as the enum ``kind`` of the option ``name``."""
     try:
         return kind(value)
     except ValueError as exc:
-        raise ExportError(f"unknown {kind.__name__} {shown(value)} (known: "
+        raise ExportError(f"{name}={shown(value)} is not an option (known: "
                           f"{', '.join(m.value for m in kind)})") from exc
