@@ -106,7 +106,7 @@ def test_option_names_in_messages_come_from_the_schema():
     from audiocraft_ext.errors import command_line_messages, setting
 
     for group, options in OPTIONS.items():
-        for option, schema in options.items():
+        for schema in options.values():
             for f in fields(schema):
                 key = f"{group}.{f.name}"
                 with command_line_messages():
