@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from audiocraft_ext.app.config_store import register_configs
 from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
 from tests.support.app_cases import refused_in_process, rejected
-from tests.support.helpers import ROOT, app_env, torch_load
+from tests.support.helpers import ROOT, app_env, as_task_config, torch_load
 
 torch.set_num_threads(1)
 
@@ -179,11 +179,7 @@ def job_config(compose_config) -> Iterator[Callable[..., DictConfig]]:
     """``job_config(*overrides)``: the config a task function receives from @hydra.main, with
     HydraConfig set as @hydra.main sets it (unset again after the test)."""
     def make(*overrides: str) -> DictConfig:
-        cfg = compose_config(*overrides, hydra=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        return as_task_config(compose_config(*overrides, hydra=True))
 
     yield make
     HydraConfig.instance().cfg = None

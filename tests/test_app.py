@@ -158,6 +158,9 @@ def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
     helped = run_app("--help", cwd=tmp_path, check=True, env=env)
     assert "input: checkpoint, demo, xp" in helped.stdout
     assert "state: auto, average, best, ema, fsdp_best, last" in helped.stdout
+    groups = helped.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert [line.split(":")[0] for line in groups.strip().splitlines()[2:]] == [
+        "compression", "input", "output", "state", "validate"]  # not the internal schema/*
     for stderr in (proc.stderr, helped.stderr):
         modules = imported_modules(stderr)
         assert "hydra" in modules and "audiocraft_ext.config" in modules  # the report works

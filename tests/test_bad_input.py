@@ -88,7 +88,7 @@ SIGS = ("fe734bf7", "fe734bf8", "0a1b2c3d", "99887766")
 
 
 @pytest.mark.parametrize("sigs, found", [
-    pytest.param(SIGS, "4 XPs; closest: fe734bf8, fe734bf7, 99887766; mode=list shows them all)",
+    pytest.param(SIGS, "4 XPs; the most similar: fe734bf7, fe734bf8; mode=list shows them all)",
                  marks=[THROUGH_APP, pytest.mark.slow]),
     (SIGS[:2], "2 XPs: fe734bf7, fe734bf8)"),
     ((), "it holds no XP)"),
@@ -266,7 +266,8 @@ def test_trust_is_an_explicit_loud_opt_out(tmp_path, refused, job_config, caplog
      r"has no usable best state: neither fsdp_best_state nor best_state is present"),
     (lambda pkg: pkg.update(best_state={}, fsdp_best_state={}),
      r"has no usable best state: fsdp_best_state and best_state are empty"),
-    (lambda pkg: pkg.pop("xp.cfg"), r"has no xp.cfg config \(missing\): not an AudioCraft"),
+    (lambda pkg: pkg.pop("xp.cfg"), r"has no xp.cfg config \(no xp.cfg key\): audiocraft-ext "
+                                    r"exports AudioCraft solver checkpoints"),
     (lambda pkg: pkg.update({"xp.cfg": "solver: musicgen"}),
      r"has no xp.cfg config \(str\): not an AudioCraft"),
 ], ids=["no-states", "empty-states", "no-cfg", "cfg-not-a-config"])

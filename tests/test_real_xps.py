@@ -57,6 +57,12 @@ def test_lm_families_validate_with_their_model_class(real_xps, tmp_path, name, m
     assert "2 epoch(s) trained" in card and "![Training curves](training_curves.png)" in card
     assert [s["name"] for s in manifest["samples"]] == ["unconditional", "text"]
     assert all((out / s["audio"]).is_file() for s in manifest["samples"])
+    # generated as the XP's solver generates (its generate.lm), not with the stock defaults
+    params = manifest["samples"][0]["generation"]["params"]
+    assert params["use_sampling"] == cfg.generate.lm.use_sampling
+    assert params["top_k"] == cfg.generate.lm.top_k
+    if name == "magnet":  # the XP's few decoding steps, not MAGNeT's [20, 10, 10, 10]
+        assert params["decoding_steps"] == list(cfg.generate.lm.decoding_steps)
 
 
 def test_encodec_xp_gives_a_compression_model_only_release(real_xps, tmp_path):

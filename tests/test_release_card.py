@@ -71,29 +71,6 @@ def test_model_card_front_matter_and_facts(release, musicgen_ckpt):
     assert '<audio controls src="samples/text.wav"></audio>' in card
 
 
-def test_samples_are_what_the_release_generates(release):
-    """The kept clips are the model's own output: regenerating with the validation's seed
-    through stock get_pretrained gives the same waveform, to 16-bit PCM precision."""
-    from audiocraft.models import MusicGen
-
-    manifest = json.loads((release / "export.json").read_text())
-    samples = {s["name"]: s for s in manifest["samples"]}
-    assert samples["text"]["description"] == ValidateConfig().description
-    model = MusicGen.get_pretrained(str(release))
-    model.set_generation_params(duration=0.5)
-    for name, generate in [("unconditional", lambda: model.generate_unconditional(1)),
-                           ("text", lambda: model.generate([ValidateConfig().description]))]:
-        torch.manual_seed(0)
-        expected = generate()[0].T.numpy()
-        wav, rate = soundfile.read(release / samples[name]["audio"], dtype="float32",
-                                   always_2d=True)
-        assert rate == model.sample_rate == samples[name]["sample_rate"]
-        assert wav.shape == expected.shape
-        assert abs(wav - expected.clip(-1, 1)).max() <= 1 / 32768 + 1e-6
-        picture = matplotlib.image.imread(release / samples[name]["spectrogram"])
-        assert picture.shape[:2] == (300, 800)
-
-
 def test_training_curves_picture(release):
     picture = matplotlib.image.imread(release / "training_curves.png")
     assert picture.ndim == 3 and picture.shape[0] == 300 and picture.std() > 0

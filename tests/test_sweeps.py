@@ -81,6 +81,8 @@ def test_a_failing_job_does_not_stop_the_others(three_xps, tmp_path):
     assert failed["job"] == 1 and failed["error"].startswith(missing)
     table = (tmp_path / "sweep" / "sweep_summary.txt").read_text()
     assert f"job 1 error: {missing}" in table
+    [row] = [line for line in table.splitlines() if line.startswith("1 ")]
+    assert row.split()[:3] == ["1", "failed", "input.sig=0badc0de"]  # not a cut-off path
 
 
 def test_two_jobs_writing_one_release_fail_clearly(musicgen_ckpt, fsdp_ckpt, tmp_path):

@@ -4,6 +4,8 @@ with the equivalence proof in its manifest; what cannot be represented is refuse
 before anything is written."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -104,6 +106,11 @@ def test_an_encodec_only_release_is_an_encodec_model_too(real_xps, tmp_path):
     hf = json.loads((out / "export.json").read_text())["transformers"]
     assert hf["model_class"] == "EncodecModel"
     assert hf["files"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {name: stat.S_IMODE((out / name).stat().st_mode)  # safetensors' own is 0600
+             for name in (*hf["files"], "compression_state_dict.bin")}
+    assert set(modes.values()) == {0o644 & ~umask}, modes
     assert hf["proof"]["encodec_decode_max_abs_diff"] <= 1e-4
     assert hf["proof"]["encodec_encode_identical_codes"] == 1.0
     assert "EncodecModel.from_pretrained" in (out / "README.md").read_text()

@@ -12,13 +12,13 @@ from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict
 
 from ..config import CONF_DIR, DemoInput, ExportConfig, InputConfig, Mode, RecordPaths
-from ..errors import ExportError, command_line_messages, first_line
+from ..errors import ExportError, command_line_messages, first_line, setting
 from ..pipeline.export import ExportResult, export
 from ..untrusted.sources import CheckpointSource, resolve_checkpoint, resolve_input
-from ..writing.recorded_paths import PathRecorder
+from ..writing.recorded_paths import REQUIRED, PathRecorder
 from ..writing.release_format import CONFIG_FILE
 from .sweep_summary import JOB_RECORD
 
@@ -30,6 +30,9 @@ GROUPS = ("input", "state", "compression", "output", "validate")
 # conf/export_hydra.yaml: the app's hydra: settings (logging on stderr, sweep summary callback,
 # run dirs, help), which a re-run from a release must get from the package like the original
 HYDRA_SETTINGS = "export_hydra"
+PRIMARY_CONFIG = "export"  # conf/export.yaml; a re-run names a release's export_config
+# the values the job reads as paths, relative to the folder it runs from ("//sig/..." aside)
+PATH_KEYS = ("input.path", "input.dora_dir", "compression.path", "output.dir", "list.releases")
 
 
 def run_job(cfg: DictConfig) -> ExportResult | None:
@@ -79,7 +82,7 @@ def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
     (by name: nothing of this run's dirs or overrides) and every value, its paths recorded as
     ``recorder`` says."""
     choices = HydraConfig.get().runtime.choices
-    values = recorder.values(_plain_config(cfg))
+    values = recorder.values(_absolute_paths(_plain_config(cfg)))
     for group in GROUPS:
         # what the chosen option's own file sets (validate/load.yaml: level) is left to it, so
         # that a re-run with another option of the group (validate=none) takes that option's
@@ -89,6 +92,19 @@ def rerunnable_config(cfg: DictConfig, recorder: PathRecorder) -> DictConfig:
     defaults = ["schema/export@_here_", *({g: choices[g]} for g in GROUPS), HYDRA_SETTINGS,
                 "_self_"]
     return OmegaConf.create({"defaults": defaults, **values})
+
+
+def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the relative paths of PATH_KEYS made absolute (against the folder the
+    export ran from, as the job read them), so that they are recorded as absolute ones are:
+    inside the Dora dir relative to it, else ``???``. A re-run, started anywhere, never
+    reads a path relative to another folder than the one it was given in."""
+    for key in PATH_KEYS:
+        group, name = key.split(".")
+        value = values.get(group, {}).get(name)
+        if isinstance(value, str) and value and not value.startswith(("/", "~")):
+            values[group][name] = os.path.abspath(value)
+    return values
 
 
 def _option_values(group: str, option: str) -> dict[str, Any]:
@@ -102,6 +118,7 @@ def _option_values(group: str, option: str) -> dict[str, Any]:
 def run(cfg: DictConfig) -> ExportResult | None:
     """Export (or, with mode=inspect, describe) the checkpoint ``cfg`` designates; with
     mode=list, describe every XP of its Dora dir."""
+    _refuse_recorded_missing(cfg)
     try:
         spec = cast(ExportConfig, OmegaConf.to_object(cfg))  # the schema's instance
     except MissingMandatoryValue as exc:
@@ -128,6 +145,51 @@ def run(cfg: DictConfig) -> ExportResult | None:
         CONFIG_FILE: OmegaConf.to_yaml(rerunnable_config(cfg, recorder))})
     _log_summary(result)
     return result
+
+
+def _refuse_recorded_missing(cfg: DictConfig) -> None:
+    """A re-run from a release's config (any primary config but conf/export.yaml) must be
+    given again what the release recorded as ``???`` (a path outside the Dora dir).
+    Composition drops a ``???`` that the schema has a default for (OmegaConf's merge keeps
+    the default), and the default (output.dir: the run dir) would silently replace it: the
+    recorded file itself says what must be given."""
+    hydra_cfg = HydraConfig.get()
+    config_name = hydra_cfg.job.config_name
+    if config_name in (None, PRIMARY_CONFIG):
+        return
+    recorded = _recorded_config(config_name)
+    if recorded is None:
+        return
+    given = {o.lstrip("+~").partition("=")[0] for o in hydra_cfg.overrides.task}
+    for key in sorted(OmegaConf.missing_keys(recorded)):
+        if key in given or key.split(".")[0] in given:  # given again, or its group changed
+            continue
+        raise ExportError(f"{key} is recorded as {REQUIRED} in {config_name}.yaml (it named a "
+                          f"private path): give it again, e.g. {_named(key, '...')}")
+
+
+def _recorded_config(config_name: str) -> DictConfig | None:
+    """The primary config file ``config_name`` as written, from the folders of Hydra's
+    search path (a re-run's --config-dir), without its defaults list."""
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.schema != "file":
+            continue
+        path = Path(source.path) / f"{config_name}.yaml"
+        if path.is_file():
+            content = OmegaConf.load(path)
+            if isinstance(content, DictConfig):
+                with open_dict(content):
+                    content.pop("defaults", None)
+                return content
+    return None
+
+
+def _named(key: str, value: str) -> str:
+    """``key=value`` as :func:`setting` writes it, or as given for a key outside the schema."""
+    try:
+        return setting(key, value)
+    except KeyError:
+        return f"{key}={value}"
 
 
 def _source(spec: InputConfig) -> CheckpointSource:

@@ -40,10 +40,15 @@ class SweepSummary(Callback):
 
 
 def format_table(jobs: list[dict[str, Any]]) -> str:
+    """The sweep as a table, one row per job, then the error line of each failed job. A job
+    without a source (it failed before reading one) is named by its own overrides: those
+    that differ between the jobs (``input.sig=0badc0de``), whole."""
     rows = [("job", "status", "source", "release", "state", "MiB", "sha256", "validation",
              "seconds")]
+    common = _common_overrides(jobs)
     for j in jobs:
-        rows.append((str(j.get("job")), j["status"], _tail(j.get("source") or _input(j)),
+        source = _tail(j["source"]) if j.get("source") else _own_overrides(j, common)
+        rows.append((str(j.get("job")), j["status"], source,
                      _tail(j.get("release", "-")), j.get("state", "-"),
                      f"{j['bytes'] / 2**20:.1f}" if "bytes" in j else "-",
                      j.get("sha256", "-")[:12], j.get("validation", "-"), f"{j['seconds']:.1f}"))
@@ -57,5 +62,16 @@ def _tail(path: str, parts: int = 3) -> str:
     return str(Path(*Path(path).parts[-parts:])) if path != "-" else path
 
 
-def _input(job: dict[str, Any]) -> str:
-    return next((o.split("=", 1)[1] for o in job["overrides"] if o.startswith("input.")), "-")
+def _common_overrides(jobs: list[dict[str, Any]]) -> set[str]:
+    """The overrides every job of the sweep has (those not swept)."""
+    sets = [set(j.get("overrides", [])) for j in jobs]
+    return set.intersection(*sets) if sets else set()
+
+
+def _own_overrides(job: dict[str, Any], common: set[str]) -> str:
+    """What tells ``job`` apart: its swept overrides, or (a sweep of one) its input's
+    (input.sig, input.path), whole."""
+    overrides = job.get("overrides", [])
+    own = [o for o in overrides if o not in common] or [
+        o for o in overrides if o.startswith(("input.sig=", "input.path="))]
+    return " ".join(own) or "-"

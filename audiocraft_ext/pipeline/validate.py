@@ -40,7 +40,7 @@ def validate_plan(plan: ReleasePlan, staging: Path, written: Written) -> Validat
                                   clips)
     else:
         report = validate_compression_release(staging, plan.weights, settings, written.files,
-                                              clips)
+                                              clips, plan.cfg)
     if report.compression_stand_in is not None:
         report.compression_stand_in = plan.recorder.path(report.compression_stand_in)
     hf = written.transformers

@@ -128,7 +128,7 @@ def _model_section(m: Manifest, is_lm: bool) -> str:
     compression = None
     if m.compression is not None:
         compression = code(m.compression.reference) + (
-            " (a pointer: AudioCraft fetches it by name)" if m.compression.pretrained
+            pointer_note(m.compression.pretrained) if m.compression.pretrained
             else f", shipped as `{COMPRESSION_FILE}`")
     rows = [("Family", f"{code(model.family)}, loaded with {loader}"),
             ("Parameters", _params(m.state.parameters)),
@@ -140,6 +140,25 @@ def _model_section(m: Manifest, is_lm: bool) -> str:
              if model.segment_duration is not None else None),
             ("Compression model", compression)]
     return "## Model\n\n" + _rows(rows)
+
+
+# CompressionModel.get_pretrained(name) builds these names in AudioCraft's own code
+# (audiocraft/models/encodec.py); any other name is fetched from the Hugging Face Hub
+BUILT_IN = {
+    "debug_compression_model": " (a pointer, not a download: AudioCraft builds it in code "
+    "with random weights, `builders.get_debug_compression_model`, new ones at every load; "
+    "for tests only)",
+    "dac_44khz": " (a pointer: AudioCraft builds Descript's DAC, whose `dac` package "
+    "downloads its weights, not from the Hugging Face Hub)",
+    "dac_24khz": " (a pointer: AudioCraft builds Descript's DAC, whose `dac` package "
+    "downloads its weights, not from the Hugging Face Hub)",
+}
+
+
+def pointer_note(name: str) -> str:
+    """How AudioCraft gets a //pretrained/ compression model by ``name``."""
+    return BUILT_IN.get(name, " (a pointer: AudioCraft fetches it by name from the Hugging "
+                              "Face Hub, as transformers' `EncodecModel`)")
 
 
 def _training_section(m: Manifest) -> str:
@@ -169,34 +188,77 @@ def _num(value: float | None) -> str:
 def _samples_section(m: Manifest) -> str:
     if not m.samples:
         return ""
-    lines = ["## Listen\n"]
+    lines = ["## Listen\n", *_made_with(m.samples[0].get("generation")), ""]
     for s in m.samples:
         what = (code(s["description"]) if s["name"] == "text"
                 else s["description"] or "no conditioning")
-        lines += [f"**{s['name']}**: {what} ({s['seconds']:g} s, {s['sample_rate']} Hz)", "",
+        clipped = s.get("clipped_samples")
+        lines += [f"**{s['name']}**: {what} ({s['seconds']:g} s, {s['sample_rate']} Hz"
+                  + (f"; {clipped:,} samples clipped by the normalisation" if clipped else "")
+                  + ")", "",
                   f'<audio controls src="{s["audio"]}"></audio>', "",
                   f"![Spectrogram of {s['name']}]({s['spectrogram']})", ""]
     return "\n".join(lines)
+
+
+def _made_with(generation: dict[str, Any] | None) -> list[str]:
+    """What the samples were generated and written with, as the manifest records it."""
+    if not generation:
+        return []
+    xp = generation["settings"] == "xp"
+    whose = ("the XP's own settings (`xp.cfg`'s "
+             + ("`generate.lm`, `generate.audio`)" if generation["params"] else
+                "`generate.audio`)") if xp else "stock AudioCraft's default settings")
+    params = ", ".join(code(f"{k}={_py(v)}") for k, v in generation["params"].items())
+    audio = ", ".join(code(f"{k}={_py(v)}") for k, v in generation["audio"].items())
+    lines = [f"Made with {whose}: "
+             + (f"`set_generation_params` with {params}, " if params else "")
+             + f"`torch.manual_seed({generation['seed']})` before each clip; written as "
+             f"AudioCraft's `audio_write` writes them (16-bit WAV), normalised with {audio}."]
+    notes = generation.get("defaults") or []
+    if notes:
+        lines += ["", "AudioCraft's default replaced these XP settings:", "",
+                  *(f"- {code(note)}" for note in notes[:MAX_LISTED]),
+                  *([f"- ({len(notes) - MAX_LISTED} more)"] if len(notes) > MAX_LISTED
+                    else [])]
+    return lines
+
+
+def _py(value: Any) -> str:
+    """A setting (a bool, number, string or list of them, checked when read) as Python."""
+    return literal(value) if isinstance(value, str) else repr(value)
 
 
 def _usage_section(m: Manifest, is_lm: bool) -> str:
     folder = m.release
     if not is_lm:
         path = literal(f"{folder}/{COMPRESSION_FILE}")
-        snippet = ["from audiocraft.models import CompressionModel", "",
+        snippet = ["import torch", "from audiocraft.models import CompressionModel", "",
                    f"model = CompressionModel.get_pretrained({path})",
-                   "codes, scale = model.encode(wav)  # wav: [batch, channels, samples]",
+                   "# one second of audio (use your own): [batch, channels, samples]",
+                   "wav = 0.1 * torch.randn(1, model.channels, model.sample_rate)",
+                   "codes, scale = model.encode(wav)",
                    "audio = model.decode(codes, scale)"]
+        return "\n".join(["## Use it\n", "With AudioCraft installed:", "",
+                          *fenced(snippet, "python"), ""])
+    assert m.model is not None  # an LM has its model facts
+    cls = m.model.model_class
+    generation = next((s["generation"] for s in m.samples if s.get("generation")), None)
+    text = next((s["description"] for s in m.samples if s["name"] == "text"), None)
+    prompt = (literal(text or "warm lo-fi piano with soft drums")
+              if m.model.conditioners else None)
+    if generation:
+        args = ", ".join(f"{k}={_py(v)}" for k, v in generation["params"].items())
+        settings = [f"model.set_generation_params({args})  # as samples/ were made",
+                    f"torch.manual_seed({generation['seed']})"]
     else:
-        assert m.model is not None  # an LM has its model facts
-        cls = m.model.model_class
-        prompt = "" if not m.model.conditioners else '"warm lo-fi piano with soft drums"'
-        snippet = [f"from audiocraft.models import {cls}", "",
-                   f"model = {cls}.get_pretrained({literal(folder)})  # this folder",
-                   "model.set_generation_params(duration=8)" if cls != "MAGNeT" else
-                   "model.set_generation_params()",
-                   f"wav = model.generate([{prompt}])" if prompt else
-                   "wav = model.generate_unconditional(1)"]
+        settings = ["model.set_generation_params(duration=8)" if cls != "MAGNeT" else
+                    "model.set_generation_params()"]
+    snippet = [*(["import torch"] if generation else []),
+               f"from audiocraft.models import {cls}", "",
+               f"model = {cls}.get_pretrained({literal(folder)})  # this folder", *settings,
+               f"wav = model.generate([{prompt}])" if prompt else
+               "wav = model.generate_unconditional(1)"]
     return "\n".join(["## Use it\n", "With AudioCraft installed:", "",
                       *fenced(snippet, "python"), ""])
 
@@ -257,7 +319,23 @@ def _finetune_section(m: Manifest, is_lm: bool) -> str:
         + "; change data and optimisation settings as you need. The compression model is "
         "the one shipped here, so the original XP and its Dora dir are not needed:", "",
         *fenced([" ".join(["dora -P audiocraft run", *map(_shell_word, command)])], "bash"),
-        ""])
+        "", _source_tree_note(m.versions.get("audiocraft")), ""])
+
+
+def _source_tree_note(version: str | None) -> str:
+    """What the recipe needs besides the release: AudioCraft's config/ tree, which its wheel
+    leaves out (``dora -P audiocraft`` then fails with MissingConfigException)."""
+    at = f" ({code(version)})" if version else ""
+    tag = f"--branch v{version} " if version and re.fullmatch(r"[\w.+-]+", version) else ""
+    sdist = f"=={version}" if tag else ""
+    return ("It needs AudioCraft's source tree, not only its package: the training reads its "
+            "solver configs from AudioCraft's `config/` folder, which the pip wheel does not "
+            "include (from a pip install alone, `dora` fails with `MissingConfigException`). "
+            f"Get the source of the AudioCraft version this release was made with{at}, either with "
+            f"`git clone {tag}https://github.com/facebookresearch/audiocraft` or by unpacking "
+            f"`pip download --no-binary :all: --no-deps audiocraft{sdist}`, and run the command "
+            "from its top folder with `PYTHONPATH=.` so that its package, next to its "
+            "`config/`, is the one imported.")
 
 
 def _shell_word(word: str) -> str:

@@ -91,15 +91,36 @@ def write_encodec_files(folder: Path, compression_cfg: DictConfig,
 
 def _fsynced(folder: Path) -> list[str]:
     """The transformers files in ``folder``, each fsync'ed like the rest of the release
-    (transformers and safetensors write them without)."""
+    (transformers and safetensors write them without) and given its files' mode: 0644 less
+    the umask (safetensors creates ``model.safetensors`` 0600, through a temporary file)."""
     names = sorted(p.name for p in folder.iterdir() if p.name in TRANSFORMERS_FILES)
+    mode = FILE_MODE & ~_umask()
     for name in names:
-        fd = os.open(folder / name, os.O_RDONLY)
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
         try:
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
     return names
+
+
+FILE_MODE = 0o644  # the mode every release file is created with (writing/torch_zip.py)
+
+
+def _umask() -> int:
+    """This process's umask: read from /proc on Linux (setting it, the only portable way to
+    read it, would race with the threads that create files meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def prove_encodec(folder: Path, compression_cfg: DictConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CheckpointInput, InputConfig, XPInput
-from ..errors import ExportError, shown
+from ..errors import ExportError, setting, shown
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,10 @@ PRETRAINED_PREFIX = "//pretrained/"
 _RANK_SHARD = re.compile(r"^(?P<base>.+\.th)\.(?P<rank>\d+)$")
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LISTED_XPS = 3  # signatures named in a message about a Dora dir
+# how alike (difflib's ratio) a signature must be to an unknown one to be suggested
+SIMILAR_SIGNATURE = 0.5
+# the files of a release folder (audiocraft's export_lm / export_encodec): no export needed
+RELEASE_FILES = {"state_dict.bin": "MusicGen", "compression_state_dict.bin": "CompressionModel"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ def resolve_checkpoint(path: str | Path, epoch: int | None = None) -> Checkpoint
                               + ("a folder" if candidate.is_dir() else "not a regular file")
                               + ")")
         if not candidate.is_file():
+            release = _release_folder(path)
+            if release:
+                raise ExportError(release)
             found = sorted(p.name for p in path.glob("checkpoint*.th"))
             hint = f" (found: {', '.join(found)})" if found else " and no checkpoint*.th at all"
             raise ExportError(f"{path} is a folder without {candidate.name}{hint}")
@@ -71,6 +78,17 @@ def resolve_checkpoint(path: str | Path, epoch: int | None = None) -> Checkpoint
     if path.name.startswith("checkpoint_") and path.parent.parent.name == "xps":
         name = f"{path.parent.name}_{path.stem[len('checkpoint_'):]}"
     return CheckpointSource(path=path, name=name, dora_dir=dora_dir_of(path))
+
+
+def _release_folder(path: Path) -> str | None:
+    """What to say when the folder ``path`` is a release (exported), not an XP folder."""
+    held = [name for name in RELEASE_FILES if (path / name).is_file()]
+    if not held:
+        return None
+    model_class = RELEASE_FILES[held[0]]
+    also = " (AudioGen and MAGNeT alike)" if model_class == "MusicGen" else ""
+    return (f"{path} is a release folder (exported: {', '.join(held)}, no checkpoint.th): it "
+            f"needs no export; load it with {model_class}.get_pretrained({str(path)!r}){also}")
 
 
 ARGV_FILE = ".argv.json"  # what Dora writes into an XP folder: the overrides it was run with
@@ -117,12 +135,32 @@ def resolve_signature(sig: str, dora_dir: str | Path | None, epoch: int | None =
                           "or AUDIOCRAFT_DORA_DIR to the folder holding xps/")
     xp_dir = root / "xps" / sig
     if not xp_dir.is_dir():
-        raise ExportError(f"no XP {shown(sig)} in {root / 'xps'} ({xps_summary(root, sig)})")
+        raise ExportError(f"no XP {shown(sig)} in {root / 'xps'} ({xps_summary(root, sig)})"
+                          + _dora_dir_hint(root, given=dora_dir is not None))
     return resolve_checkpoint(xp_dir, epoch)
 
 
+def _dora_dir_hint(root: Path, given: bool) -> str:
+    """What to give instead when the Dora dir ``root`` holds no xps/ folder."""
+    if (root / "xps").is_dir():
+        return ""
+    if root.name == "xps" and root.is_dir():
+        return (f": {root} is the xps/ folder of the Dora dir {root.parent}, not the Dora dir; "
+                f"give its parent, {setting('input.dora_dir', root.parent)}")
+    if not given:
+        where = f"AUDIOCRAFT_DORA_DIR is {shown(str(root))}"
+    elif str(root) == "." and not os.environ.get("AUDIOCRAFT_DORA_DIR"):
+        where = (f"{setting('input.dora_dir')} is '.', the current folder "
+                 f"({Path.cwd()}), as AUDIOCRAFT_DORA_DIR is not set")
+    else:
+        where = f"{setting('input.dora_dir')} is {shown(str(root))}"
+    return (f": {where}; set AUDIOCRAFT_DORA_DIR or {setting('input.dora_dir')} to the Dora "
+            "dir, the folder holding xps/")
+
+
 def xps_summary(dora_dir: Path, near: str | None = None) -> str:
-    """How many XPs ``dora_dir/xps`` holds and a few signatures: the closest to ``near``."""
+    """How many XPs ``dora_dir/xps`` holds and a few signatures: those most similar to ``near``
+    (difflib's ratio, the most similar first), else the first ones."""
     xps = dora_dir / "xps"
     if not xps.is_dir():
         return "no such folder"
@@ -132,12 +170,26 @@ def xps_summary(dora_dir: Path, near: str | None = None) -> str:
     count = f"{len(sigs)} XP{'s' * (len(sigs) != 1)}"
     if len(sigs) <= LISTED_XPS:
         return f"{count}: {', '.join(sigs)}"
-    if near is None:
-        shown_sigs = f"{count}: {', '.join(sigs[:LISTED_XPS])}, ..."
+    similar = _most_similar(near, sigs) if near is not None else []
+    if similar:
+        shown_sigs = f"{count}; the most similar: {', '.join(similar)}"
     else:
-        closest = difflib.get_close_matches(near, sigs, n=LISTED_XPS, cutoff=0)
-        shown_sigs = f"{count}; closest: {', '.join(closest)}"
+        shown_sigs = f"{count}{'; none similar' if near is not None else ''}: " \
+                     f"{', '.join(sigs[:LISTED_XPS])}, ..."
     return f"{shown_sigs}; mode=list shows them all"
+
+
+def _most_similar(near: str, sigs: list[str]) -> list[str]:
+    """Up to LISTED_XPS of ``sigs`` at least SIMILAR_SIGNATURE alike to ``near`` (difflib's
+    ratio), the most similar first, equally similar ones in name order."""
+    ratios = {}
+    for sig in sigs:
+        matcher = difflib.SequenceMatcher(None, near, sig)
+        if matcher.real_quick_ratio() >= SIMILAR_SIGNATURE \
+                and matcher.quick_ratio() >= SIMILAR_SIGNATURE:
+            ratios[sig] = matcher.ratio()
+    ranked = sorted((-r, sig) for sig, r in ratios.items() if r >= SIMILAR_SIGNATURE)
+    return [sig for _, sig in ranked[:LISTED_XPS]]
 
 
 def _dora_dir_mistake(path: Path) -> str | None:

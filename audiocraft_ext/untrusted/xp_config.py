@@ -10,6 +10,7 @@ putting this machine's secret into a model, a log line or a manifest.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from omegaconf.basecontainer import BaseContainer
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ExportError, first_line, shown
+from ..families import family_of
 from .allowlist import PickledConfig, config_data
 
 _REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")  # a plain reference to another key
@@ -35,14 +37,46 @@ def xp_config(pkg: Mapping[str, Any], source: str) -> DictConfig:
         elif isinstance(cfg, DictConfig):  # a trusted legacy file, read by torch.load
             data = OmegaConf.to_container(cfg, resolve=False)
         else:
-            raise ExportError(f"{source} has no xp.cfg config "
-                              f"({'missing' if cfg is None else type(cfg).__name__}): "
-                              "not an AudioCraft solver checkpoint")
+            raise ExportError(_not_a_solver_checkpoint(pkg, source))
         if not isinstance(data, dict):
             raise ValueError(f"a {type(data).__name__} where a mapping belongs")
         return OmegaConf.create(data)
     except (ValueError, OmegaConfBaseException) as exc:
         raise ExportError(f"{source}: its xp.cfg is damaged ({first_line(exc)})") from exc
+
+
+def _not_a_solver_checkpoint(pkg: Mapping[str, Any], source: str) -> str:
+    """Why a file without a config in ``xp.cfg`` cannot be exported, and what to do instead."""
+    cfg = pkg.get("xp.cfg")
+    if pkg.get("exported") is True and isinstance(cfg, str):  # audiocraft's export_lm's format
+        solver = _SOLVER_LINE.search(cfg[:MAX_SCANNED])
+        model_class = family_of(solver[1] if solver else None).model_class or "MusicGen"
+        folder = posixpath.dirname(source) or "."
+        return (f"{source} is a release file (exported, its xp.cfg is YAML text), not a "
+                f"training checkpoint: it needs no export; load its folder with "
+                f"{model_class}.get_pretrained({folder!r})")
+    if cfg is None:
+        if "state_dict" in pkg:
+            what = "a {'state_dict': ...} file, as another trainer writes it"
+        elif pkg and all(_is_tensor(v) for v in pkg.values()):
+            what = "a plain {name: tensor} state dict"
+        else:
+            what = "no xp.cfg key"
+        return (f"{source} has no xp.cfg config ({what}): audiocraft-ext exports AudioCraft "
+                "solver checkpoints (a Dora XP's checkpoint.th, with their xp.cfg) of "
+                "MusicGen, AudioGen, MAGNeT and EnCodec (compression) solvers")
+    return (f"{source} has no xp.cfg config ({type(cfg).__name__}): not an AudioCraft solver "
+            "checkpoint")
+
+
+_SOLVER_LINE = re.compile(r"^solver: *([\w-]+) *$", re.MULTILINE)
+MAX_SCANNED = 1 << 20  # characters of a release's xp.cfg text searched for its solver
+
+
+def _is_tensor(value: Any) -> bool:
+    """A tensor as the loader returns it (torch's, or a lazy one), told without importing
+    torch: by its type's name."""
+    return "Tensor" in type(value).__name__
 
 
 def raw_value(cfg: DictConfig, key: str, default: Any = None) -> Any:

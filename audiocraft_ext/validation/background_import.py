@@ -8,9 +8,8 @@ import sys
 import threading
 import time
 
-from ..reporting.progress import LOG_EVERY_SECONDS
-
 logger = logging.getLogger(__name__)
+JOIN_SECONDS = 1.0
 
 
 def import_audiocraft_meanwhile() -> None:
@@ -29,14 +28,15 @@ _importing: threading.Thread | None = None
 
 
 def wait_for_audiocraft() -> None:
-    """Import audiocraft's models, saying so when it takes a while (a multi-second import)."""
+    """Import audiocraft's models, saying so twice when the background import is still
+    running (once when the wait starts, once when it ends, with its time): a
+    multi-second import is one step of the log, not a line every few seconds."""
     if _importing is not None and _importing.is_alive():
         logger.info("waiting for audiocraft's import to finish")
         started = time.monotonic()
-        _importing.join(LOG_EVERY_SECONDS)
-        while _importing.is_alive():
-            logger.info("still importing audiocraft (%.0f s)", time.monotonic() - started)
-            _importing.join(LOG_EVERY_SECONDS)
+        while _importing.is_alive():  # a timed join: SIGTERM's handler runs between two
+            _importing.join(JOIN_SECONDS)
+        logger.info("audiocraft imported (waited %.1f s)", time.monotonic() - started)
     elif "audiocraft.models" not in sys.modules:
         logger.info("importing audiocraft")
     import audiocraft.models  # noqa: F401  (the import is the point)

@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from ..config import ValidateConfig, ValidateLevel
 from ..errors import ExportError
 from ..reporting.manifest import Check, ValidationReport
-from ..reporting.samples import Clip
+from ..reporting.samples import Clip, generation_settings
 from ..untrusted.states import StateDict
 from ..writing.release_format import COMPRESSION_FILE
 from ..writing.torch_zip import WrittenZip
 from .background_import import wait_for_audiocraft
 from .compare import check_release_file, compare_states
 from .lean_loading import lean_loading
+from .lm import audio_defaults
 from .records import Checks, timed
 
 logger = logging.getLogger(__name__)
@@ -29,10 +31,11 @@ logger = logging.getLogger(__name__)
 def validate_compression_release(release_dir: Path, state: StateDict,
                                  settings: ValidateConfig,
                                  written: Mapping[str, WrittenZip],
-                                 clips: list[Clip] | None = None) -> ValidationReport:
+                                 clips: list[Clip] | None = None,
+                                 cfg: DictConfig | None = None) -> ValidationReport:
     """Check an EnCodec-only release: the file, CompressionModel.get_pretrained(file) with an
     exact comparison, and (``full``) an encode/decode round trip, whose input and output are
-    appended to ``clips``."""
+    appended to ``clips``, to be written as ``cfg`` (its XP's config) says."""
     report = ValidationReport(settings.level.value)
     if settings.level is ValidateLevel.none:
         return report
@@ -52,7 +55,7 @@ def validate_compression_release(release_dir: Path, state: StateDict,
         entry.model_class = type(model).__name__
     if settings.level is ValidateLevel.full:
         with checks.check("encode_decode") as entry:
-            _round_trip(model, settings, clips if clips is not None else [], entry)
+            _round_trip(model, cfg, settings, clips if clips is not None else [], entry)
     return report
 
 
@@ -69,7 +72,8 @@ def probe_signal(seconds: float, sample_rate: int, channels: int, seed: int) -> 
     return wav.float().expand(1, channels, -1).clone()
 
 
-def _round_trip(model: Any, settings: ValidateConfig, clips: list[Clip], entry: Check) -> None:
+def _round_trip(model: Any, cfg: DictConfig | None, settings: ValidateConfig,
+                clips: list[Clip], entry: Check) -> None:
     wav = probe_signal(settings.duration, model.sample_rate, model.channels, settings.seed)
     samples = wav.shape[-1]
     with torch.no_grad():
@@ -86,8 +90,13 @@ def _round_trip(model: Any, settings: ValidateConfig, clips: list[Clip], entry: 
         raise ExportError(f"decode returned shape {tuple(decoded.shape)} for {samples} samples")
     if not torch.isfinite(decoded).all():
         raise ExportError("decode produced non-finite samples")
-    clips += [Clip("input", wav[0], model.sample_rate, "test signal: a rising tone over a chord"),
+    # written as the XP's solver writes its samples (generate.audio), or audio_write's default
+    written = generation_settings(cfg, settings.generation, settings.seed, {}, {},
+                                  audio_defaults())
+    clips += [Clip("input", wav[0], model.sample_rate, "test signal: a rising tone over a chord",
+                   written),
               Clip("reconstruction", decoded[0], model.sample_rate,
-                   f"the test signal encoded to {model.num_codebooks} codebooks and decoded")]
+                   f"the test signal encoded to {model.num_codebooks} codebooks and decoded",
+                   written)]
     entry.sample_rate, entry.frame_rate = model.sample_rate, float(model.frame_rate)
     entry.codes, entry.decoded = list(codes.shape), list(decoded.shape)

@@ -3,6 +3,7 @@ loaders or get_pretrained with an exact comparison, then generation."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from ..errors import ExportError, setting, shown
 from ..families import LM_SOLVERS, Family
 from ..reporting.manifest import Check, ValidationReport
 from ..reporting.progress import step_progress
-from ..reporting.samples import Clip
+from ..reporting.samples import LM_KEYS, MAGNET_KEYS, Clip, Generation, generation_settings
 from ..untrusted.states import StateDict
 from ..untrusted.xp_config import needed_value
 from ..writing.compression import CompressionRelease
@@ -114,7 +115,7 @@ def _run_checks(release_dir: Path, load_dir: Path, family: Family, lm_cfg: DictC
             entry.proves = ["load_compression_model", "load_lm_model_magnet"
                             if family.magnet else "load_lm_model"]
     with checks.check("generate") as entry:
-        _generate(model, settings, clips, entry)
+        _generate(model, lm_cfg, settings, clips, entry)
 
 
 def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
@@ -171,11 +172,37 @@ def check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
             "get_pretrained check")
 
 
-def _generate(model: Any, settings: ValidateConfig, clips: list[Clip], entry: Check) -> None:
-    if type(model).__name__ == "MAGNeT":  # generates its training segment_duration, always
-        model.set_generation_params()
-    else:
-        model.set_generation_params(duration=settings.duration)
+def model_generation(model: Any, lm_cfg: DictConfig, settings: ValidateConfig) -> Generation:
+    """The settings ``model`` generates with (``validate.generation``): its XP's own from
+    ``lm_cfg``, else set_generation_params' defaults; ``validate.duration`` seconds but for
+    MAGNeT, which generates its training segment_duration always."""
+    magnet = type(model).__name__ == "MAGNeT"
+    keys = MAGNET_KEYS if magnet else LM_KEYS
+    return generation_settings(lm_cfg, settings.generation, settings.seed, keys,
+                               signature_defaults(model.set_generation_params),
+                               audio_defaults(),
+                               None if magnet else {"duration": settings.duration})
+
+
+def signature_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The default value of each keyword argument of ``function``."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def audio_defaults() -> dict[str, Any]:
+    """audio_write's own defaults for its normalisation arguments."""
+    from audiocraft.data.audio import audio_write
+
+    return signature_defaults(audio_write)
+
+
+def _generate(model: Any, lm_cfg: DictConfig, settings: ValidateConfig, clips: list[Clip],
+              entry: Check) -> None:
+    generation = model_generation(model, lm_cfg, settings)
+    model.set_generation_params(**generation.params)
+    for note in generation.defaults:  # recorded in the manifest and the card
+        logger.info("generation: %s", note)
     expected = (1, model.audio_channels,
                 int(model.duration * model.frame_rate) * model.sample_rate // model.frame_rate)
     prompts: dict[str, Callable[[], torch.Tensor]] = {
@@ -201,6 +228,6 @@ def _generate(model: Any, settings: ValidateConfig, clips: list[Clip], entry: Ch
             raise ExportError(f"{name} generation produced non-finite samples")
         shapes[name] = list(wav.shape)
         clips.append(Clip(name, wav[0], model.sample_rate,
-                          settings.description if name == "text" else None))
+                          settings.description if name == "text" else None, generation))
     entry.sample_rate, entry.frame_rate = model.sample_rate, float(model.frame_rate)
     entry.duration, entry.shapes = model.duration, shapes

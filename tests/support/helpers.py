@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from audiocraft_ext.reporting.manifest import Manifest
 
@@ -138,3 +140,11 @@ def assert_validated(manifest: Manifest | dict, checks: list[str]) -> None:
     ran = [(c["check"], c["ok"]) for c in report["checks"]]
     assert ran == [(name, True) for name in checks], ran
 
+
+def as_task_config(cfg: DictConfig) -> DictConfig:
+    """A config composed with its hydra node, as @hydra.main hands it to the task function:
+    HydraConfig set from it, the node removed. The caller unsets HydraConfig when done."""
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
