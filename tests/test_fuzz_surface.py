@@ -181,9 +181,13 @@ def _spoil(folder: Path, how: str, name: str, arg) -> None:
         path.mkdir()
     elif how == "link":
         path.symlink_to(arg)
-    elif how == "json" and path.is_file():
-        data = json.loads(path.read_text())
-        path.write_text(json.dumps({**data, **arg}))
+    elif how == "json" and path.is_file() and not path.is_symlink():
+        try:  # a config an earlier spoil left intact: change some of its values
+            data = json.loads(path.read_bytes())
+        except ValueError:  # not JSON (any more): nothing to change
+            return
+        if isinstance(data, dict):
+            path.write_text(json.dumps({**data, **arg}))
 
 
 @SETTINGS
