@@ -12,6 +12,7 @@ needs T5 by name.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -121,3 +122,14 @@ def test_a_text_encoder_that_is_not_a_folder_is_refused(t5_lm, tmp_path):
     with pytest.raises(ExportError, match=r"^text_encoder='.*nowhere': not a folder"):
         _export(t5_lm, tmp_path / "nowhere", tmp_path / "release")
     assert not (tmp_path / "release").exists()
+
+
+def test_a_tokenizer_config_that_breaks_the_tokenizer_is_one_line(t5_lm, t5_folder, tmp_path):
+    """Found by the surface fuzzer: a string model_max_length makes transformers' tokenizer
+    raise TypeError when called; refused in one line, nothing published."""
+    path = t5_folder / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": "x"}))
+    with pytest.raises(ExportError, match=r"^the tokenizer of .*/t5 cannot tokenize .*"
+                                          r"\(TypeError: "):
+        _export(t5_lm, t5_folder, tmp_path / "rel")
+    assert not (tmp_path / "rel").exists()

@@ -228,7 +228,11 @@ def save_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
     from huggingface_hub import try_to_load_from_cache
 
     with tempfile.TemporaryDirectory() as scratch:
-        text_encoder.tokenizer.save_pretrained(scratch)
+        try:
+            text_encoder.tokenizer.save_pretrained(scratch)
+        except Exception as exc:  # a tokenizer built from a user's files fails its own way
+            raise ExportError(f"the tokenizer of {text_encoder.origin} cannot be saved "
+                              f"({type(exc).__name__}: {first_line(exc)})") from exc
         for name in TOKENIZER_FILES:
             found: Any = Path(scratch) / name
             if not found.is_file():
@@ -247,7 +251,12 @@ def check_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
     source does, and so does the sentencepiece vocabulary there (``spiece.model``)."""
     import transformers
 
-    expected = _ids(text_encoder.tokenizer(PROMPT)["input_ids"])
+    try:
+        expected = _ids(text_encoder.tokenizer(PROMPT)["input_ids"])
+        pieces = _ids(text_encoder.tokenizer(PROMPT, add_special_tokens=False)["input_ids"])
+    except Exception as exc:  # a tokenizer built from a user's files fails its own way
+        raise ExportError(f"the tokenizer of {text_encoder.origin} cannot tokenize {PROMPT!r} "
+                          f"({type(exc).__name__}: {first_line(exc)})") from exc
     try:
         written = _ids(transformers.AutoTokenizer.from_pretrained(folder)(PROMPT)["input_ids"])
     except Exception as exc:  # tokenizers raises plain Exceptions
@@ -257,8 +266,7 @@ def check_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
         raise ExportError(f"the tokenizer files taken from {text_encoder.origin} tokenize "
                           f"{PROMPT!r} as {_few(written)}, its tokenizer as {_few(expected)}")
     if (folder / "spiece.model").is_file():
-        pieces = text_encoder.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-        _check_sentencepiece(folder / "spiece.model", _ids(pieces), text_encoder.origin)
+        _check_sentencepiece(folder / "spiece.model", pieces, text_encoder.origin)
 
 
 def _check_sentencepiece(path: Path, expected: list[int], origin: str) -> None:
