@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from ..errors import ExportError, shown
 from ..families import COMPRESSION_SOLVER, FAMILIES, Family
 from .lazy_tensors import TensorLike
+from .training_history import as_float
 from .xp_config import literal_value
 
 LM_MODELS = ("transformer_lm", "transformer_lm_magnet")  # what audiocraft's builder makes
@@ -65,14 +66,6 @@ def check_encodec_architecture(cfg: DictConfig | None, state: Mapping[str, Tenso
 def _number(cfg: DictConfig, key: str) -> int | float | None:
     found = literal_value(cfg, key)
     return found if isinstance(found, (int, float)) and not isinstance(found, bool) else None
-
-
-def _float(number: int | float) -> float:
-    """``number`` as a float; an integer too large for one is infinite."""
-    try:
-        return float(number)
-    except OverflowError:
-        return math.inf if number > 0 else -math.inf
 
 
 def _says(key: str, found: object) -> str:
@@ -167,10 +160,10 @@ def _lm_size_problems(cfg: DictConfig, state: Mapping[str, TensorLike], embs: It
                                      "embeddings (card + 1 rows) and heads are for a card of {}"),
                 _heads_problem(cfg, dim)]
     scale = _number(cfg, f"{tf}.hidden_scale")
-    if scale is not None and not math.isfinite(_float(scale)):
+    if scale is not None and not math.isfinite(as_float(scale)):
         problems.append(f"{_says(f'{tf}.hidden_scale', scale)}, which is not a finite number")
     elif scale is not None and dim is not None and width is None \
-            and math.isfinite(_float(scale) * _float(dim)):
+            and math.isfinite(as_float(scale) * as_float(dim)):
         # audiocraft's feed-forward layers are int(hidden_scale * dim) wide
         ffn = _shapes(state, (key for key in state if _FFN.match(key)))
         problems.append(_size_problem(
@@ -212,11 +205,11 @@ def _generation_problems(cfg: DictConfig) -> list[str]:
     problems = []
     coef = literal_value(cfg, "classifier_free_guidance.inference_coef")
     if coef is not None and not (isinstance(coef, (int, float)) and not isinstance(coef, bool)
-                                 and math.isfinite(_float(coef))):
+                                 and math.isfinite(as_float(coef))):
         problems.append(f"{_says('classifier_free_guidance.inference_coef', coef)}, "
                         "which is not a finite number")
     seconds = _number(cfg, "dataset.segment_duration")
-    if seconds is not None and not (math.isfinite(_float(seconds))
+    if seconds is not None and not (math.isfinite(as_float(seconds))
                                     and seconds <= MAX_SEGMENT_SECONDS):
         problems.append(f"{_says('dataset.segment_duration', seconds)} (seconds), longer than "
                         f"any training segment ({MAX_SEGMENT_SECONDS} s at most)")
@@ -233,7 +226,7 @@ def _magnet_problem(cfg: DictConfig) -> str | None:
     if literal_value(cfg, "lm_model") != "transformer_lm_magnet" \
             or any(s is None for s in sizes[:4]):
         return None
-    rate, seconds, n_q, heads, context = (_float(s) if s is not None else None for s in sizes)
+    rate, seconds, n_q, heads, context = (as_float(s) if s is not None else None for s in sizes)
     if context is not None and context < 0:  # no restricted context: no masks
         return None
     frames = rate * seconds  # type: ignore[operator]

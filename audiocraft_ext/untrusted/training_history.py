@@ -43,7 +43,7 @@ class TrainingSummary:
         return self.last.get(stage, {}).get(name)
 
 
-def _float(value: int | float) -> float:
+def as_float(value: int | float) -> float:
     """``value`` as a float; an integer too large for one becomes an infinity of its sign."""
     try:
         return float(value)
@@ -54,7 +54,7 @@ def _float(value: int | float) -> float:
 def _numbers(stage: Any, limit: int | None = MAX_METRICS) -> dict[str, float]:
     if not isinstance(stage, dict):
         return {}
-    values = {one_line(k, MAX_NAME): _float(v) for k, v in stage.items()
+    values = {one_line(k, MAX_NAME): as_float(v) for k, v in stage.items()
               if isinstance(k, str) and type(v) in (int, float) and k != "duration"}
     return dict(list(values.items())[:limit])
 
