@@ -285,6 +285,8 @@ def test_only_failures_to_reach_the_network_are_blamed_on_it():
     ({"record_paths": "rel"}, r"^record_paths='rel' is not an option \(known: relative, "
                               r"absolute\)$"),
     ({"state": StateConfig(select="avg")}, r"^select='avg' is not an option \(known: auto, "),
+    ({"samples": "no"}, r"^samples='no' is not an option \(known: True, False\)$"),
+    ({"overwrite": 1}, r"^overwrite=1 is not an option \(known: True, False\)$"),
 ])
 def test_library_callers_misspelling_a_choice_get_one_line(musicgen_ckpt, tmp_path, args,
                                                            message):

@@ -158,8 +158,13 @@ def _typed_spec(spec: ExportConfig) -> ExportConfig:
 
 
 def _typed(options: D) -> D:
-    """``options`` (a schema dataclass) with each enum field given as a string converted."""
+    """``options`` (a schema dataclass) with each enum field given as a string converted; a
+    yes/no field must be a bool (``samples="no"`` would otherwise read as true)."""
     hints = get_type_hints(type(options))
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if hints[f.name] is bool and not isinstance(value, bool):
+            raise ExportError(f"{f.name}={shown(value)} is not an option (known: True, False)")
     converted = {f.name: _enum(hints[f.name], getattr(options, f.name), f.name)
                  for f in fields(options)
                  if isinstance(hints[f.name], type) and issubclass(hints[f.name], Enum)}
