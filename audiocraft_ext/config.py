@@ -87,6 +87,18 @@ class XPInput(InputConfig):
 
 
 @dataclass
+class WeightsInput(InputConfig):
+    """Weights trained elsewhere, given the architecture and compression model of a base."""
+
+    # a weights file (a bare or wrapped state dict: .pt, .bin, .ckpt, .th, .safetensors) or a
+    # folder (transformers' MusicGen, a PEFT LoRA adapter over one)
+    path: str = MISSING
+    # what gives xp.cfg and the compression model: an AudioCraft release folder, a training
+    # checkpoint or XP folder, or a Hub name already in the Hugging Face cache
+    base: str | None = None
+
+
+@dataclass
 class DemoInput(InputConfig):
     dora_dir: str = "${hydra:runtime.output_dir}/demo_dora"  # where the demo XPs are written
 
@@ -209,7 +221,8 @@ class ExportConfig:
 # The options of each config group that conf/ offers (conf/<group>/<name>.yaml extends
 # schema/<group>/<name>): group -> option name -> schema.
 OPTIONS: dict[str, dict[str, type]] = {
-    "input": {"checkpoint": CheckpointInput, "xp": XPInput, "demo": DemoInput},
+    "input": {"checkpoint": CheckpointInput, "xp": XPInput, "weights": WeightsInput,
+              "demo": DemoInput},
     "state": {"state": StateConfig},
     "compression": {"auto": AutoCompression, "pretrained": PretrainedCompression,
                     "checkpoint": CheckpointCompression, "none": NoCompression},

@@ -156,7 +156,7 @@ def test_cfg_job_and_help_neither_import_torch_nor_write(tmp_path):
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.state.select == "fsdp_best" and cfg.input.path == "x.th"
     helped = run_app("--help", cwd=tmp_path, check=True, env=env)
-    assert "input: checkpoint, demo, xp" in helped.stdout
+    assert "input: checkpoint, demo, weights, xp" in helped.stdout
     assert "state: auto, average, best, ema, fsdp_best, last" in helped.stdout
     groups = helped.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert [line.split(":")[0] for line in groups.strip().splitlines()[2:]] == [

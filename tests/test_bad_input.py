@@ -53,8 +53,8 @@ THROUGH_APP = pytest.mark.through_app  # slow but one: an app process costs abou
 @pytest.mark.parametrize("overrides, message", [
     (("input.sig=abc",), r"input.sig belongs to input=xp \(not input=demo\): add input=xp$"),
     (("input=xp", "input.sgi=abc"), r"no key input.sgi in input=xp; did you mean input.sig\?$"),
-    (("input=xpp",), r"no option input=xpp \(options: checkpoint, demo, xp\); did you mean "
-                     r"input=xp\?$"),
+    (("input=xpp",), r"no option input=xpp \(options: checkpoint, demo, weights, xp\); did you "
+                     r"mean input=xp\?$"),
     # a mistake without guidance of ours: Hydra's own words, in one line
     (("validate.duration=long",), r"Error merging override validate.duration=long; Value 'long' "
                                   r"of type 'str' could not be converted to Float$"),

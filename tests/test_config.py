@@ -21,6 +21,7 @@ def test_defaults(compose_config):
 @pytest.mark.parametrize("overrides, group, schema", [
     (["input=checkpoint", "input.path=x.th"], "input", schemas.CheckpointInput),
     (["input=xp", "input.dora_dir=d", "input.sig=abc", "input.epoch=3"], "input", schemas.XPInput),
+    (["input=weights", "input.path=lm.pt", "input.base=release"], "input", schemas.WeightsInput),
     (["compression=pretrained", "compression.name=facebook/encodec_32khz"], "compression",
      schemas.PretrainedCompression),
     (["compression=checkpoint", "compression.path=//sig/abc"], "compression",
@@ -71,8 +72,9 @@ def test_list_mode_composes_onto_its_schema(compose_config):
 
 @pytest.mark.parametrize("override, explained", [
     ("input.sig=abc", "input.sig belongs to input=xp (not input=demo): add input=xp"),
-    ("input.path=x", "input.path belongs to input=checkpoint or input=xp (not input=demo): add "
-                     "input=checkpoint or input=xp"),
+    ("input.path=x", "input.path belongs to input=checkpoint or input=weights or input=xp (not "
+                     "input=demo): add input=checkpoint or input=weights or input=xp"),
+    ("input.base=x", "input.base belongs to input=weights (not input=demo): add input=weights"),
     ("compression.path=x", "compression.path belongs to compression=checkpoint (not "
                            "compression=auto): add compression=checkpoint"),
     ("input.sgi=abc", "no key input.sgi in input=demo; did you mean input.sig (with input=xp)?"),
@@ -93,7 +95,8 @@ def test_composition_mistakes_are_explained(compose_config, override, explained)
 
 def test_the_groups_options_and_their_schemas():
     assert group_options(ROOT / "conf" / "input") == {
-        "checkpoint": schemas.CheckpointInput, "demo": schemas.DemoInput, "xp": schemas.XPInput}
+        "checkpoint": schemas.CheckpointInput, "demo": schemas.DemoInput, "xp": schemas.XPInput,
+        "weights": schemas.WeightsInput}
     assert set(group_options(ROOT / "conf" / "state").values()) == {schemas.StateConfig}
 
 

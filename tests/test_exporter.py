@@ -79,7 +79,7 @@ def test_manifest(release, musicgen_ckpt):
                               "training", "samples", "curves", "license", "record_paths",
                               "paths_recorded", "transformers"]
     assert set(manifest["source"]) == {"path", "bytes", "mtime", "name", "solver", "xp_sig",
-                                       "argv", "solver_config"}
+                                       "argv", "solver_config", "weights"}
     assert set(manifest["state"]) == {"selected", "key", "dtype", "tensors", "parameters",
                                       "dtypes", "bytes"}  # "members" only for state=average
     assert set(manifest["compression"]) == {"reference", "pretrained", "source", "key",

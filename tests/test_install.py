@@ -112,7 +112,8 @@ def test_the_installed_package_is_used_and_carries_its_configs(installed):
 
 def test_help_and_cfg_from_any_folder(installed):
     help_text = run(installed, "audiocraft-export", "--help").stdout
-    assert "input: checkpoint, demo, xp" in help_text and "validate: full, load, none" in help_text
+    assert "input: checkpoint, demo, weights, xp" in help_text
+    assert "validate: full, load, none" in help_text
     job = run(installed, "python", "-m", "audiocraft_ext", "input=checkpoint",
               "input.path=x.th", "--cfg", "job").stdout
     assert "path: x.th" in job and "level: full" in job

@@ -98,6 +98,12 @@ SUPPORTED = ("audiocraft-ext exports AudioCraft solver checkpoints (a Dora XP's 
              "solvers")
 
 
+def weights_instead(path) -> str:
+    return (f"weights without their config are released with input=weights input.path={path} "
+            "input.base=BASE, where BASE (an AudioCraft release folder, training checkpoint or "
+            "Hub name) gives the architecture and the compression model")
+
+
 @pytest.mark.parametrize("content, what", [
     ({"w": torch.zeros(2), "b": torch.ones(3)}, "a plain {name: tensor} state dict"),
     ({"state_dict": {"w": torch.zeros(2)}, "epoch": 3},
@@ -107,8 +113,9 @@ SUPPORTED = ("audiocraft-ext exports AudioCraft solver checkpoints (a Dora XP's 
 def test_another_trainers_file_says_what_is_supported(tmp_path, refused, content, what):
     path = tmp_path / "model.ckpt"
     torch.save(content, path)
+    then = SUPPORTED if what == "no xp.cfg key" else weights_instead(path)
     refused(tmp_path, *_input(path),
-            message=re.escape(f"{path} has no xp.cfg config ({what}): {SUPPORTED}") + "$")
+            message=re.escape(f"{path} has no xp.cfg config ({what}): {then}") + "$")
 
 
 def test_unknown_signature_without_a_similar_one(tmp_path, refused):

@@ -8,14 +8,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..config import StateChoice
+from ..config import ExportConfig, StateChoice
 from ..errors import ExportError, first_line, shown
 from ..families import COMPRESSION_SOLVER
 from ..reporting.manifest import FileFacts, StateFacts
 from ..untrusted.averaging import epoch_checkpoints
 from ..untrusted.safe_load import MAX_NESTING
-from ..untrusted.sources import CheckpointSource, fsdp_shards
+from ..untrusted.sources import CheckpointSource, WeightsSource, fsdp_shards
 from ..untrusted.states import STATE_KEYS, load_solver_checkpoint, select_state, xp_signature
+from ..untrusted.weights_files import lm_layout, read_weights
 from ..untrusted.xp_config import raw_value, xp_config
 
 
@@ -59,6 +60,79 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
         "fsdp_shards": [p.name for p in fsdp_shards(source.path)],
     }
+
+
+def inspect_weights(source: WeightsSource, spec: ExportConfig) -> dict[str, Any]:
+    """Describe weights given with input=weights: what they are, what model their shapes
+    make, and which base they need (whether input.base fits them, when given)."""
+    from ..pipeline.weights import select_weights
+    from ..transformers_format.lora import adapter_facts
+
+    weights = read_weights(source.path, trust=spec.input.trust)
+    layout = lm_layout(weights.state)
+    if source.base:
+        try:
+            selection = select_weights(source, spec)
+            assert selection.weights is not None
+            fits = (f"yes: every tensor fits the base's; EnCodec "
+                    f"{selection.weights.encodec}")
+        except ExportError as exc:
+            fits = f"no: {exc}"
+    else:
+        fits = "unknown: no input.base given"
+    facts = vars(FileFacts.of(source.path))
+    if source.path.is_dir():  # a folder's size: its files'
+        facts["bytes"] = sum(p.stat().st_size for p in source.path.iterdir() if p.is_file())
+    return {
+        "weights": facts,
+        "kind": weights.kind,
+        "wrapper": weights.wrapper,
+        "state": vars(StateFacts.of(weights.state)),
+        "layout": layout,
+        "adapter": adapter_facts(weights.config or {}) if weights.kind == "peft adapter"
+        else None,
+        "needs": _needed_base(weights.kind, layout),
+        "base": source.base,
+        "fits_base": fits,
+    }
+
+
+def _needed_base(kind: str, layout: Mapping[str, Any] | None) -> str:
+    """Which base ``input.base`` must name for weights of this kind and layout."""
+    what = "an AudioCraft release folder, a training checkpoint or XP folder, or a Hub name"
+    if kind == "peft adapter":
+        return (f"input.base: the adapter's own base ({what}), whose transformers model it "
+                "is merged into")
+    if layout is None:
+        return f"input.base: {what} whose LM has these names and shapes"
+    return (f"input.base: {what} of an LM with {layout['codebooks']} codebooks of "
+            f"{layout['card']} entries, width {layout['dim']} and {layout['layers']} layers"
+            + (", mapped from transformers' names" if layout["names"] == "transformers"
+               else ""))
+
+
+def format_weights_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(info, indent=2)
+    facts, state = info["weights"], info["state"]
+    what = info["kind"] + (f" (under {info['wrapper']!r})" if info["wrapper"] else "")
+    layout = info["layout"]
+    lines = [f"weights      {facts['path']} ({facts['bytes'] / 2**20:.1f} MiB, "
+             f"{facts['mtime']})",
+             f"kind         {what}: {state['tensors']} tensors, {state['parameters']:,} "
+             f"parameters",
+             "layout       " + (f"{layout['names']} names"
+                                + (f" prefixed {layout['prefix']!r}" if layout["prefix"]
+                                   else "")
+                                + f"; {layout['codebooks']} codebooks of {layout['card']}, "
+                                  f"width {layout['dim']}, {layout['layers']} layers"
+                                if layout else "no codebook embeddings")]
+    if info["adapter"]:
+        lines.append("adapter      " + ", ".join(f"{k}={v}" for k, v in info["adapter"].items()))
+    lines += [f"needs        {info['needs']}",
+              f"base         {info['base'] or '-'}",
+              f"fits         {info['fits_base']}"]
+    return "\n".join(lines)
 
 
 def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,

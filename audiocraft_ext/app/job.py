@@ -17,7 +17,12 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict
 from ..config import CONF_DIR, DemoInput, ExportConfig, InputConfig, Mode, RecordPaths
 from ..errors import ExportError, command_line_messages, first_line, setting
 from ..pipeline.export import ExportResult, export
-from ..untrusted.sources import CheckpointSource, resolve_checkpoint, resolve_input
+from ..untrusted.sources import (
+    CheckpointSource,
+    WeightsSource,
+    resolve_checkpoint,
+    resolve_input,
+)
 from ..writing.recorded_paths import REQUIRED, PathRecorder
 from ..writing.release_format import CONFIG_FILE
 from .sweep_summary import JOB_RECORD
@@ -131,10 +136,19 @@ def run(cfg: DictConfig) -> ExportResult | None:
         return None
     source = _source(spec.input)
     if spec.mode is Mode.inspect:
-        from .inspection import format_inspection, inspect_checkpoint
+        from .inspection import (
+            format_inspection,
+            format_weights_inspection,
+            inspect_checkpoint,
+            inspect_weights,
+        )
 
-        print(format_inspection(inspect_checkpoint(source, trust=spec.input.trust),
-                                as_json=spec.inspect.json))
+        if isinstance(source, WeightsSource):
+            print(format_weights_inspection(inspect_weights(source, spec),
+                                            as_json=spec.inspect.json))
+        else:
+            print(format_inspection(inspect_checkpoint(source, trust=spec.input.trust),
+                                    as_json=spec.inspect.json))
         return None
     if not spec.output.dir:
         spec.output.dir = str(Path(HydraConfig.get().runtime.output_dir) / source.name)

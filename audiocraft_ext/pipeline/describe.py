@@ -3,6 +3,7 @@ plan and the results), the model card and the hashes of every file."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from ..reporting.manifest import (
     SourceRecord,
     StateFacts,
     StateRecord,
+    WeightsRecord,
     versions,
 )
 from ..reporting.model_card import render_model_card
@@ -127,7 +129,19 @@ def _source_record(plan: ReleasePlan) -> SourceRecord:
     return SourceRecord(**_recorded_facts(source.path, recorder), name=source.name,
                         solver=plan.solver, xp_sig=plan.selection.xp_sig,
                         argv=recorder.overrides(argv) if argv is not None else None,
-                        solver_config=solver_config(argv) if argv is not None else None)
+                        solver_config=solver_config(argv) if argv is not None else None,
+                        weights=_weights_record(plan))
+
+
+def _weights_record(plan: ReleasePlan) -> WeightsRecord | None:
+    """input=weights: where they came from, the base recorded as the other paths are."""
+    record = plan.selection.weights
+    if record is None:
+        return None
+    base = record.base if not Path(record.base).expanduser().exists() \
+        else plan.recorder.path(Path(record.base).expanduser().resolve())
+    # the adapter's own base_model_name_or_path may name a folder of the trainer's machine
+    return dataclasses.replace(record, base=base, adapter=plan.recorder.values(record.adapter))
 
 
 def _recorded_facts(path: Path, recorder: PathRecorder) -> dict[str, Any]:

@@ -21,11 +21,17 @@ from ..config import (
     StateConfig,
     ValidateConfig,
     ValidateLevel,
+    WeightsInput,
 )
 from ..errors import ExportError, shown
 from ..reporting.manifest import Manifest
 from ..reporting.measure import phase
-from ..untrusted.sources import CheckpointSource, resolve_checkpoint
+from ..untrusted.sources import (
+    CheckpointSource,
+    WeightsSource,
+    resolve_checkpoint,
+    resolve_weights,
+)
 from ..untrusted.xp_config import no_resolvers
 from ..validation.background_import import import_audiocraft_meanwhile
 from ..writing.publish import staged_release
@@ -33,6 +39,7 @@ from ..writing.release_format import RELEASE_FILES
 from .describe import describe_release
 from .plan import plan_release, select
 from .validate import validate_plan
+from .weights import select_weights
 from .write import write_release
 
 logger = logging.getLogger(__name__)
@@ -72,10 +79,12 @@ def export(checkpoint: str | Path | CheckpointSource, spec: ExportConfig, *,
     if unknown:
         raise ValueError(f"extra_files: {unknown[0]!r} is not a release file")
     timings: dict[str, dict[str, Any]] = {"export": {}, "validation": {}}
-    protected = [source.path.parent, *([source.dora_dir] if source.dora_dir else [])]
+    protected = [source.path.parent, *([source.dora_dir] if source.dora_dir else []),
+                 *_base_folder(source)]
     with staged_release(out_dir, spec.output.overwrite, protected) as staging:
         with phase(timings["export"]):
-            selection = select(source, spec.state, spec.input.trust)
+            selection = select_weights(source, spec) if isinstance(source, WeightsSource) \
+                else select(source, spec.state, spec.input.trust)
             if spec.validate.level is not ValidateLevel.none:
                 import_audiocraft_meanwhile()
             plan = plan_release(source, spec, out_dir, selection)
@@ -87,6 +96,14 @@ def export(checkpoint: str | Path | CheckpointSource, spec: ExportConfig, *,
     _log_phases(timings, spec.validate.level)
     logger.info("release written to %s", out_dir)
     return ExportResult(out_dir, manifest)
+
+
+def _base_folder(source: CheckpointSource) -> list[Path]:
+    """input=weights: the base's folder, never replaced by the release."""
+    if not isinstance(source, WeightsSource) or not source.base:
+        return []
+    base = Path(source.base).expanduser()
+    return [(base if base.is_dir() else base.parent).resolve()] if base.exists() else []
 
 
 def _log_phases(timings: Mapping[str, Mapping[str, Any]], level: ValidateLevel) -> None:
@@ -106,6 +123,7 @@ def export_release(
     compression: CompressionConfig | None = None,
     validate: ValidateConfig | ValidateLevel | str | None = None,
     trust: bool = False,
+    base: str | Path | None = None,
     config: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str] | None = None,
     **output: Any,
@@ -117,7 +135,9 @@ def export_release(
     an EnCodec XP gives ``compression_state_dict.bin`` alone.
 
     Args:
-        checkpoint: a ``checkpoint*.th`` file or an XP folder.
+        checkpoint: a ``checkpoint*.th`` file or an XP folder; with ``base``, weights trained
+            elsewhere (``input=weights``: a state dict file, a transformers MusicGen folder or
+            a PEFT adapter folder).
         out_dir: the release folder to create; it appears only once complete and validated.
         state: which weights to release (a :class:`StateChoice`, or a :class:`StateConfig`).
         compression: the compression model file shipped beside an LM (default
@@ -125,6 +145,9 @@ def export_release(
         validate: what to check before publishing (a :class:`ValidateConfig`, or its level;
             default ``full``).
         trust: unpickle checkpoints without the allow-list (runs code they carry).
+        base: for weights trained elsewhere, what gives their xp.cfg and compression model:
+            an AudioCraft release folder, a training checkpoint or XP folder, or a Hub name
+            in the Hugging Face cache.
         config: the composed configuration, recorded in the manifest.
         extra_files: text files to publish with the release (name -> content).
         **output: any field of :class:`OutputConfig` but ``dir`` (``overwrite=True``,
@@ -146,6 +169,10 @@ def export_release(
         validate=validate if isinstance(validate, ValidateConfig)
         else ValidateConfig(level=_enum(ValidateLevel, validate or ValidateLevel.full,
                                         "validate")))
+    if base is not None:
+        if isinstance(checkpoint, CheckpointSource):
+            raise TypeError("base= goes with a weights path, not a resolved source")
+        checkpoint = resolve_weights(WeightsInput(path=str(checkpoint), base=str(base)))
     return export(checkpoint, spec, config=config, extra_files=extra_files)
 
 

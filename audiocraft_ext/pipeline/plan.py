@@ -29,6 +29,7 @@ from ..config import (
 )
 from ..errors import ExportError, setting, shown
 from ..families import Family, family_of
+from ..reporting.manifest import WeightsRecord
 from ..reporting.model_facts import cfg_of_yaml
 from ..transformers_format.files import refusal
 from ..transformers_format.mapping import encodec_refusals
@@ -56,6 +57,9 @@ class Selection:
     xp_sig: str | None
     history: Any  # the checkpoint's per-epoch metrics, as unpickled (checked when read)
     members: list[dict[str, Any]] | None = None  # state=average: the files averaged
+    weights: WeightsRecord | None = None  # input=weights: where the weights came from
+    # input=weights: the compression model its base gives (compression=auto)
+    compression: CompressionRelease | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
     cfg, repairs = loadable_config(selection.cfg) if family.is_lm else (selection.cfg, [])
     # before any model is built from the config: does it describe the state?
     check_architecture(family, cfg, selection.state, str(source.path))
-    compression = _shipped_compression(family, spec, cfg, source)
+    compression = _shipped_compression(family, spec, cfg, source, selection)
     if compression is not None and compression.state is not None:  # the EnCodec beside it
         check_encodec_architecture(cfg_of_yaml(compression.package.get("xp.cfg")),
                                    compression.state, str(compression.source))
@@ -139,8 +143,13 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
 
 
 def _shipped_compression(family: Family, spec: ExportConfig, cfg: DictConfig,
-                         source: CheckpointSource) -> CompressionRelease | None:
-    """The compression model file beside an LM; an EnCodec XP is its own."""
+                         source: CheckpointSource,
+                         selection: Selection) -> CompressionRelease | None:
+    """The compression model file beside an LM (input=weights: its base's, unless chosen);
+    an EnCodec XP is its own."""
+    if family.is_lm and selection.compression is not None \
+            and isinstance(spec.compression, AutoCompression):
+        return selection.compression
     if family.is_lm:
         return resolve_compression(spec.compression, cfg, source, trust=spec.input.trust)
     if not isinstance(spec.compression, AutoCompression):

@@ -53,6 +53,21 @@ class StateFacts:
 
 
 @dataclass(frozen=True)
+class WeightsRecord:
+    """Where weights trained outside AudioCraft's solvers came from (``input=weights``)."""
+
+    kind: str  # "state dict", "transformers" or "peft adapter"
+    wrapper: str | None  # the key of the one-level wrapper that held the state
+    prefix: str | None  # stripped from the names (module., lm., model.lm. ...)
+    base: str  # input.base: what gave xp.cfg and the compression model
+    base_kind: str  # "release folder", "training checkpoint" or "Hugging Face cache"
+    tensors: int  # tensors read from the weights
+    encodec: str  # "the base's" or "from the weights"
+    text_encoder: str | None = None  # how a transformers folder's T5 compared with the base's
+    adapter: dict[str, Any] | None = None  # a merged PEFT adapter: type, rank, alpha, targets
+
+
+@dataclass(frozen=True)
 class SourceRecord(FileFacts):
     """The training checkpoint exported."""
 
@@ -63,6 +78,7 @@ class SourceRecord(FileFacts):
     # the model card's fine-tuning recipe builds the same model with them
     argv: list[str] | None = None
     solver_config: str | None = None
+    weights: WeightsRecord | None = None  # input=weights: what was read and over which base
 
 
 @dataclass(frozen=True)

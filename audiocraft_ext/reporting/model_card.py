@@ -18,7 +18,7 @@ from ..errors import one_line
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE
 from .card_text import code, fenced, literal, more
 from .finetune import finetune_command
-from .manifest import Manifest
+from .manifest import Manifest, WeightsRecord
 
 UNSET_LICENSE = "unknown"
 MAX_LISTED = 12  # metrics, conditioners... listed in the card; the rest are counted
@@ -348,6 +348,7 @@ def _shell_word(word: str) -> str:
 def _provenance_section(m: Manifest) -> str:
     s = m.source
     rows = [("Source", code(s.path) + (f" (XP {code(s.xp_sig)})" if s.xp_sig else "")),
+            *([("Weights", _weights_provenance(s.weights))] if s.weights else []),
             ("State", f"{code(m.state.key)} (state={m.state.selected}, dtype={m.state.dtype})"),
             *((f"`{name}`", f"{f.bytes:,} bytes, sha256 `{f.sha256}`")
               for name, f in m.files.items()),
@@ -356,6 +357,24 @@ def _provenance_section(m: Manifest) -> str:
             ("Paths", "relative to the Dora dir" if m.record_paths == "relative"
              else "as given (absolute)")]
     return "## Provenance\n\n" + _rows(rows)
+
+
+def _weights_provenance(w: WeightsRecord) -> str:
+    """Where input=weights came from and what the base gave."""
+    what = {"state dict": "a state dict", "transformers": "a transformers MusicGen folder",
+            "peft adapter": "a PEFT adapter"}.get(w.kind, code(w.kind))
+    if w.wrapper:
+        what += f" (under {code(w.wrapper)})"
+    if w.prefix:
+        what += f", names prefixed {code(w.prefix)}"
+    if w.adapter:
+        facts = ", ".join(f"{k}={v}" for k, v in w.adapter.items()
+                          if k in ("peft_type", "r", "lora_alpha"))
+        what += f" ({code(facts)}) merged into the base's transformers model with peft"
+    return (f"{what}, trained outside AudioCraft's solvers and checked tensor by tensor "
+            f"against the base {code(w.base)} ({w.base_kind}), which gave `xp.cfg` and the "
+            f"compression model; EnCodec: {w.encodec}"
+            + (f"; text encoder: {w.text_encoder}" if w.text_encoder else ""))
 
 
 def _validation_section(m: Manifest) -> str:

@@ -260,7 +260,7 @@ def generation_kwargs(lm_cfg: DictConfig) -> dict[str, Any]:
 
 # ---- weights ----
 
-_LM_RULES = [  # audiocraft key pattern -> transformers MusicgenForCausalLM key
+LM_RULES = [  # audiocraft key pattern -> transformers MusicgenForCausalLM key
     (r"emb\.(\d+)\.weight", r"model.decoder.embed_tokens.\1.weight"),
     (r"linears\.(\d+)\.weight", r"lm_heads.\1.weight"),
     (r"out_norm\.(weight|bias)", r"model.decoder.layer_norm.\1"),
@@ -277,9 +277,9 @@ _LM_RULES = [  # audiocraft key pattern -> transformers MusicgenForCausalLM key
     (r"transformer\.layers\.(\d+)\.norm2\.(weight|bias)",
      r"model.decoder.layers.\1.final_layer_norm.\2"),
 ]
-_PACKED = re.compile(r"transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.(?:mha\.)?"
+PACKED = re.compile(r"transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.(?:mha\.)?"
                      r"in_proj_weight")
-_PROJECTION = re.compile(r"condition_provider\.conditioners\.(\w+)\.output_proj\.(weight|bias)")
+PROJECTION_KEY = re.compile(r"condition_provider\.conditioners\.(\w+)\.output_proj\.(weight|bias)")
 
 
 State = Mapping[str, "torch.Tensor | LazyTensor"]
@@ -300,7 +300,7 @@ def decoder_state(lm_state: State) -> tuple[dict[str, torch.Tensor],
     decoder: dict[str, torch.Tensor] = {}
     projection: dict[str, torch.Tensor] = {}
     for key in lm_state:
-        packed, proj = _PACKED.fullmatch(key), _PROJECTION.fullmatch(key)
+        packed, proj = PACKED.fullmatch(key), PROJECTION_KEY.fullmatch(key)
         if packed:
             # audiocraft packs q, k, v into one [3 * dim, dim] matrix, in that order
             layer = f"model.decoder.layers.{packed.group(1)}." + (
@@ -310,18 +310,18 @@ def decoder_state(lm_state: State) -> tuple[dict[str, torch.Tensor],
         elif proj:
             projection[proj.group(2)] = _tensor(lm_state, key)
         else:
-            decoder[_renamed(key, _LM_RULES)] = _tensor(lm_state, key)
+            decoder[renamed(key, LM_RULES)] = _tensor(lm_state, key)
     return decoder, projection
 
 
-def _renamed(key: str, rules: list[tuple[str, str]]) -> str:
+def renamed(key: str, rules: list[tuple[str, str]]) -> str:
     for pattern, target in rules:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, target, key)
     raise ValueError(f"{key}: no place for it in transformers' format")
 
 
-_ENCODEC_RULES = [
+ENCODEC_RULES = [
     (r"(encoder|decoder)\.model\.(\d+)\.(?:conv\.conv|convtr\.convtr)\.(weight_g|weight_v|bias)",
      r"\1.layers.\2.conv.\3"),
     (r"(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.(weight_g|weight_v|bias)",
@@ -344,7 +344,7 @@ def encodec_state(compression_state: State, n_q: int) -> dict[str, torch.Tensor]
         layer = _QUANTIZER_LAYER.match(key)
         if layer and int(layer.group(1)) >= n_q:
             continue  # codebooks the LM never uses: transformers would not have the layer
-        mapped[_renamed(key, _ENCODEC_RULES)] = _tensor(compression_state, key)
+        mapped[renamed(key, ENCODEC_RULES)] = _tensor(compression_state, key)
     return mapped
 
 

@@ -11,6 +11,7 @@ import math
 import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -211,8 +212,64 @@ class AverageTensor(ComputedTensor):
         return out
 
 
+class ConcatTensor(ComputedTensor):
+    """The sources joined along their first dimension (transformers' q, k, v projections as
+    AudioCraft's packed ``in_proj_weight``)."""
+
+    @property
+    def shape(self) -> torch.Size:
+        first = self.sources[0].shape
+        return torch.Size((sum(s.shape[0] for s in self.sources), *first[1:]))
+
+    def numel(self) -> int:
+        return sum(s.numel() for s in self.sources)
+
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        # its own buffer: a CastTensor over it writes into "result"
+        out = scratch.tensor("concat", self.shape, self.dtype)
+        start = 0
+        for source in self.sources:
+            rows = source.shape[0]
+            out[start:start + rows].copy_(as_tensor(source))
+            start += rows
+        return out
+
+
+@dataclass(eq=False)
+class SafetensorsTensor:
+    """One tensor of a safetensors file, read when needed (a :class:`LazyTensor`)."""
+
+    file: Path
+    name: str
+    size: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.size)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return element_size(self.dtype)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def load(self) -> torch.Tensor:
+        from safetensors import safe_open  # safetensors' own parser: no code runs
+
+        with safe_open(str(self.file), framework="pt") as f:
+            return f.get_tensor(self.name)
+
+    def load_into(self, scratch: Scratch) -> torch.Tensor:
+        return self.load()
+
+
 def is_tensor(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, StoredTensor, ComputedTensor))
+    return isinstance(value, (torch.Tensor, StoredTensor, ComputedTensor,
+                              SafetensorsTensor))
 
 
 def as_tensor(value: TensorLike) -> torch.Tensor:

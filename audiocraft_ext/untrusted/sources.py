@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import CheckpointInput, InputConfig, XPInput
+from ..config import CheckpointInput, InputConfig, WeightsInput, XPInput
 from ..errors import ExportError, setting, shown
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,23 @@ class CheckpointSource:
     path: Path
     name: str  # used to name the release folder: the XP signature, plus the epoch if any
     dora_dir: Path | None  # the folder holding xps/, when the checkpoint sits in one
+
+
+@dataclass(frozen=True)
+class WeightsSource(CheckpointSource):
+    """Weights trained elsewhere (``input=weights``) and the base that gives their config."""
+
+    base: str | None = None  # input.base, resolved when the export reads it
+
+
+def resolve_weights(spec: WeightsInput) -> WeightsSource:
+    """``input=weights``: the weights file or folder (what it holds is read by the export)."""
+    path = Path(spec.path).expanduser()
+    if not path.exists():
+        raise ExportError(f"{path}: no such weights file or folder")
+    path = path.resolve()
+    name = path.name if path.is_dir() else path.stem
+    return WeightsSource(path=path, name=name, dora_dir=None, base=spec.base)
 
 
 def checkpoint_filename(epoch: int | None = None) -> str:
@@ -216,6 +233,8 @@ def _resolve_path(path: str, epoch: int | None = None) -> CheckpointSource:
 
 def resolve_input(spec: InputConfig) -> CheckpointSource:
     """The checkpoint an ``input`` option designates (``input=demo``: the app writes it)."""
+    if isinstance(spec, WeightsInput):
+        return resolve_weights(spec)
     if isinstance(spec, CheckpointInput):
         return _resolve_path(spec.path)
     if isinstance(spec, XPInput):

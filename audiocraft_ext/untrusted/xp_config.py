@@ -62,9 +62,14 @@ def _not_a_solver_checkpoint(pkg: Mapping[str, Any], source: str) -> str:
             what = "a plain {name: tensor} state dict"
         else:
             what = "no xp.cfg key"
-        return (f"{source} has no xp.cfg config ({what}): audiocraft-ext exports AudioCraft "
-                "solver checkpoints (a Dora XP's checkpoint.th, with their xp.cfg) of "
-                "MusicGen, AudioGen, MAGNeT and EnCodec (compression) solvers")
+        if what == "no xp.cfg key":
+            return (f"{source} has no xp.cfg config ({what}): audiocraft-ext exports AudioCraft "
+                    "solver checkpoints (a Dora XP's checkpoint.th, with their xp.cfg) of "
+                    "MusicGen, AudioGen, MAGNeT and EnCodec (compression) solvers")
+        return (f"{source} has no xp.cfg config ({what}): weights without their config are "
+                f"released with input=weights input.path={source} input.base=BASE, where BASE "
+                "(an AudioCraft release folder, training checkpoint or Hub name) gives the "
+                "architecture and the compression model")
     return (f"{source} has no xp.cfg config ({type(cfg).__name__}): not an AudioCraft solver "
             "checkpoint")
 

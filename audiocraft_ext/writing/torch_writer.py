@@ -28,6 +28,7 @@ from torch._utils import _rebuild_tensor_v2
 from ..errors import ExportError
 from ..untrusted.lazy_tensors import (
     ComputedTensor,
+    SafetensorsTensor,
     Scratch,
     StoredStorage,
     StoredTensor,
@@ -99,7 +100,8 @@ class _StreamingPickler(pickle.Pickler):
             out = self._storage(src, stored_dtype, src.nbytes // element_size(stored_dtype),
                                 src.nbytes, stored=src)
             return _rebuild_args(out, obj.dtype, obj.offset, obj.size, obj.stride)
-        if isinstance(obj, (torch.Tensor, ComputedTensor)):  # written as a new storage
+        # written as a new storage
+        if isinstance(obj, (torch.Tensor, ComputedTensor, SafetensorsTensor)):
             shape = tuple(obj.shape)
             numel = obj.numel()
             nbytes = numel * obj.element_size()
