@@ -240,22 +240,37 @@ def network_attempts(monkeypatch) -> list:
 
 
 @pytest.fixture(scope="session")
-def t5_lm(tmp_path_factory) -> Path:
-    """A demo MusicGen made to hold what a T5-conditioned MusicGen holds, in the layout
-    transformers' Musicgen represents: its conditioner declared as a frozen t5-small, the state
-    with only the 512 -> dim projection, card 512 (9 bits: 4 codebooks fit transformers 4.44's
-    and 5.x's bandwidth rules at once) on an EnCodec of 512 bins."""
-    dora = tmp_path_factory.mktemp("dora")
-    encodec = write_encodec_xp(dora, ["rvq.bins=512"])
-    path = write_musicgen_xp(dora, f"//sig/{encodec.parent.name}", [
-        "transformer_lm.card=512", "transformer_lm.cross_attention=true",
-        "conditioners.description.lut.dim=512"])
-    pkg = torch.load(path, map_location="cpu", weights_only=False)
-    with open_dict(pkg["xp.cfg"]):
-        pkg["xp.cfg"].conditioners.description = OmegaConf.create(
-            {"model": "t5", "t5": {"name": "t5-small", "finetune": False, "word_dropout": 0.0,
-                                  "normalize_text": False}})
-    pkg["best_state"]["model"] = {k: v for k, v in pkg["best_state"]["model"].items()
-                                  if not k.endswith(".embed.weight")}  # the LUT's table
-    torch.save(pkg, path)
-    return path
+def t5_lm_xp(tmp_path_factory) -> Callable[..., Path]:
+    """``t5_lm_xp(*overrides)``: a demo MusicGen made to hold what a T5-conditioned MusicGen
+    holds, in the layout transformers' Musicgen represents: its conditioner declared as a
+    frozen t5-small, the state with only the 512 -> dim projection, card 512 (9 bits: 4
+    codebooks fit transformers 4.44's and 5.x's bandwidth rules at once) on an EnCodec of 512
+    bins; ``overrides`` change the LM further (written once per set)."""
+    cache: dict[tuple[str, ...], Path] = {}
+
+    def make(*overrides: str) -> Path:
+        if overrides in cache:
+            return cache[overrides]
+        dora = tmp_path_factory.mktemp("dora")
+        encodec = write_encodec_xp(dora, ["rvq.bins=512"])
+        path = write_musicgen_xp(dora, f"//sig/{encodec.parent.name}", [
+            "transformer_lm.card=512", "transformer_lm.cross_attention=true",
+            "conditioners.description.lut.dim=512", *overrides])
+        pkg = torch.load(path, map_location="cpu", weights_only=False)
+        with open_dict(pkg["xp.cfg"]):
+            pkg["xp.cfg"].conditioners.description = OmegaConf.create(
+                {"model": "t5", "t5": {"name": "t5-small", "finetune": False,
+                                      "word_dropout": 0.0, "normalize_text": False}})
+        pkg["best_state"]["model"] = {k: v for k, v in pkg["best_state"]["model"].items()
+                                      if not k.endswith(".embed.weight")}  # the LUT's table
+        torch.save(pkg, path)
+        cache[overrides] = path
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def t5_lm(t5_lm_xp) -> Path:
+    """:func:`t5_lm_xp`'s LM as the demo makes it."""
+    return t5_lm_xp()

@@ -284,6 +284,25 @@ def test_a_zero_lora_adapter_is_refused(transformers_folder, t5_base, tmp_path):
         export_release(folder, tmp_path / "release", base=t5_base, validate="none")
 
 
+def test_an_adapter_over_a_base_transformers_cannot_represent(refused, lora_adapter, demo_base,
+                                                             tmp_path):
+    refused(tmp_path, *_args(lora_adapter, demo_base), message=re.escape(
+        f"{lora_adapter} holds transformers' weights, which map only onto a base transformers' "
+        f"Musicgen represents; the base {demo_base} is not one: conditioner 'description' is "
+        "'lut': only T5 maps"))
+
+
+def test_an_adapter_for_another_size_is_refused(refused, lora_adapter, t5_lm_xp, t5_snapshot,
+                                                tmp_path):
+    """The adapter was made over a width-32 MusicGen; this base is 64 wide."""
+    wide = tmp_path / "wide"
+    export_release(t5_lm_xp("transformer_lm.dim=64"), wide, validate="none", samples=False,
+                   transformers=True, text_encoder=str(t5_snapshot))
+    refused(tmp_path, *_args(lora_adapter, wide), message=re.escape(
+        f"peft cannot merge the adapter {lora_adapter} into the base's transformers model: ")
+        + r"size mismatch for .*: copying a param with shape .*, the shape in current model is")
+
+
 def test_without_peft_the_adapter_is_one_line(lora_adapter, t5_base, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # what `import peft` does when not installed
     with pytest.raises(ExportError, match=r"merging it needs peft, which is not installed "

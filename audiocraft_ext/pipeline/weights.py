@@ -40,7 +40,7 @@ from ..untrusted.xp_config import raw_value
 from ..writing.compression import CompressionRelease, resolve_compression
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE, release_package
 from ..writing.repairs import loadable_config
-from .plan import Selection, select
+from .plan import Selection, select, transformers_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,14 @@ def select_weights(source: WeightsSource, spec: ExportConfig) -> Selection:
     auto = isinstance(spec.compression, AutoCompression)
     compression = (base.compression or _base_compression(base, trust)) if auto else None
     base_encodec = compression.state if compression and compression.state else {}
+    if _transformers_named(weights):
+        problem = transformers_refusal(family_of(raw_value(base.cfg, "solver")),
+                                       loadable_config(base.cfg)[0],
+                                       compression.package if compression else None)
+        if problem:
+            raise ExportError(f"{source.path} holds transformers' weights, which map only onto "
+                              "a base transformers' Musicgen represents; the base "
+                              f"{base.given} is not one: {problem}")
     with _transformers_base(base, weights, compression, spec) as base_folder:
         fitted = fit(weights, base, base_encodec, base_folder)
     if fitted.encodec:
@@ -155,6 +163,14 @@ def select_weights(source: WeightsSource, spec: ExportConfig) -> Selection:
         text_encoder=fitted.text_encoder, adapter=fitted.adapter)
     return Selection(base.cfg, weights.wrapper or weights.kind.replace(" ", "_"),
                      fitted.lm, base.xp_sig, None, weights=record, compression=compression)
+
+
+def _transformers_named(weights: WeightsFile) -> bool:
+    """Whether the weights are in transformers' names (a folder, an adapter, a state dict)."""
+    from ..transformers_format.reverse import has_transformers_names
+
+    return weights.kind in ("transformers", "peft adapter") \
+        or has_transformers_names(weights.state)
 
 
 def _base_compression(base: Base, trust: bool) -> CompressionRelease | None:
@@ -201,11 +217,9 @@ def fit(weights: WeightsFile, base: Base, base_encodec: StateDict,
         base_folder: Path | None) -> Fitted:
     """Map ``weights`` onto the base's names and check every tensor; ExportError naming the
     first missing, unexpected and mis-shaped keys when they do not fit."""
-    from ..transformers_format.reverse import has_transformers_names
-
     if weights.kind == "peft adapter":
         return _fit_adapter(weights, base, base_encodec, base_folder)
-    if weights.kind == "transformers" or has_transformers_names(weights.state):
+    if _transformers_named(weights):
         return _fit_transformers(weights.state, weights.path, base, base_encodec, base_folder)
     return _fit_audiocraft(weights, base, base_encodec)
 

@@ -45,6 +45,9 @@ def merged_state(adapter: Path, base_folder: Path) -> dict[str, torch.Tensor]:
         # the adapter's weights are adapter_model.safetensors (weights_files checked it)
         merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        # load_state_dict's first line is a heading; the size mismatch it lists says why
+        lines = [line.strip() for line in str(exc).splitlines()]
+        why = next((line for line in lines if line.startswith("size mismatch")), None)
         raise ExportError(f"peft cannot merge the adapter {adapter} into the base's "
-                          f"transformers model: {first_line(exc)}") from exc
+                          f"transformers model: {why or first_line(exc)}") from exc
     return {key: tensor.detach().clone() for key, tensor in merged.state_dict().items()}
