@@ -109,6 +109,16 @@ XPS: dict[str, tuple[str, list[str], list[str]]] = {
     "audiogen_t5": ("audiogen/debug", ["encodec16_512"], [
         "dset=audio/fixtures_sounds16", "compression_model_checkpoint=//sig/{sig:encodec16_512}",
         *T5_DELAY, "dataset.segment_duration=5"]),
+    # Stereo: codebooks of the left and right channels interleaved (L0, R0, L1, R1...) over the
+    # mono 16 kHz EnCodec. audiocraft's own sample stage crashes on stereo prompts
+    # (BufferError: memoryview not C-contiguous): prompted samples off.
+    "musicgen_stereo": ("musicgen/debug", ["encodec16_512"], [
+        "dset=audio/fixtures_stereo16",
+        "compression_model_checkpoint=//sig/{sig:encodec16_512}", "sample_rate=16000",
+        "channels=2", "interleave_stereo_codebooks.use=true", "transformer_lm.n_q=8",
+        *T5_DELAY, "codebooks_pattern.delay.delays=[0,0,1,1,2,2,3,3]",
+        "dataset.segment_duration=30", "+dataset.generate.segment_duration=2",
+        "generate.lm.prompted_samples=false", *SHORT_GEN]),
     "magnet": ("magnet/magnet_32khz", ["encodec"], [
         "dset=audio/fixtures_music32", "compression_model_checkpoint=//sig/{sig:encodec}",
         *LUT, "model/lm/model_scale=xsmall", "transformer_lm.card=400",
@@ -120,10 +130,11 @@ DEFAULT_SET = list(XPS)
 # XPs whose training loads T5 (through transformers, by name, from HF_HOME)
 T5_XPS = {name for name, (_s, _d, ovs) in XPS.items() if T5_DELAY[0] in ovs}
 
-# Synthetic data sets: name -> (sample rate, dset yaml name, kind of sidecar).
+# Synthetic data sets: name -> (sample rate, dset yaml name, kind of sidecar, channels).
 DATASETS = {
-    "music32": (32000, "fixtures_music32", "music"),
-    "sounds16": (16000, "fixtures_sounds16", "sound"),
+    "music32": (32000, "fixtures_music32", "music", 1),
+    "sounds16": (16000, "fixtures_sounds16", "sound", 1),
+    "stereo16": (16000, "fixtures_stereo16", "music", 2),
 }
 N_FILES = 4
 FILE_SECONDS = 35.0
@@ -260,7 +271,7 @@ def make_dataset(name: str, out: Path, src: Path, env: dict, logdir: Path) -> No
     import numpy as np
     import soundfile as sf
 
-    sr, dset_name, kind = DATASETS[name]
+    sr, dset_name, kind, channels = DATASETS[name]
     audio_dir = out / "data" / name
     egs_dir = out / "egs" / name
     for d in (audio_dir, egs_dir):
@@ -276,6 +287,9 @@ def make_dataset(name: str, out: Path, src: Path, env: dict, logdir: Path) -> No
         wav = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.15 * np.sin(2 * np.pi * 1.5 * f0 * t)
         wav *= 0.6 + 0.4 * np.sin(2 * np.pi * 0.25 * (i + 1) * t)  # slow tremolo
         wav += 0.02 * rng.standard_normal(t.shape)
+        if channels == 2:  # the right channel a fifth above, so the two differ
+            right = 0.3 * np.sin(2 * np.pi * 1.5 * f0 * t) + 0.02 * rng.standard_normal(t.shape)
+            wav = np.stack([wav, right], axis=1)
         stem = f"{kind}_{i:02d}"
         sf.write(audio_dir / f"{stem}.wav", wav.astype(np.float32), sr, subtype="PCM_16")
         if kind == "music":
@@ -302,7 +316,7 @@ def make_dataset(name: str, out: Path, src: Path, env: dict, logdir: Path) -> No
         "# written by audiocraft-ext scripts/train_fixtures.py\n"
         "datasource:\n"
         f"  max_sample_rate: {sr}\n"
-        "  max_channels: 1\n"
+        f"  max_channels: {channels}\n"
         + "".join(f"  {split}: {json.dumps(str(egs_dir))}\n"
                   for split in ("train", "valid", "evaluate", "generate"))
     )
@@ -467,7 +481,7 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
         env["HF_HOME"] = hf_home
 
     todo = [n for n in wanted if n not in have]
-    by_yaml = {dset_name: ds for ds, (_sr, dset_name, _kind) in DATASETS.items()}
+    by_yaml = {dset_name: ds for ds, (_sr, dset_name, _kind, _ch) in DATASETS.items()}
     datasets = {by_yaml[ov.split("/", 1)[1]] for n in wanted for ov in XPS[n][2]
                 if ov.startswith("dset=audio/") and ov.split("/", 1)[1] in by_yaml}
     for ds in sorted(datasets):

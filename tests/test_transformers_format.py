@@ -96,7 +96,7 @@ LM_REFUSALS = [  # (dotted key, value that transformers' Musicgen cannot represe
     ("transformer_lm.two_step_cfg", True, "two_step_cfg is True"),
     ("solver", "magnet", "solver 'magnet'"),
     ("lm_model", "transformer_lm_magnet", "lm_model 'transformer_lm_magnet'"),
-    ("channels", 2, "channels 2: stereo"),
+    ("channels", 2, "channels 2: transformers' Musicgen holds mono or stereo with interleaved"),
     ("conditioners.description.model", "lut", "is 'lut': only T5 maps"),
     ("conditioners.description.model", "chroma_stem", "melody/chroma has its own"),
     ("conditioners.description.model", "clap", "is 'clap'"),

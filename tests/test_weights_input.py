@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -472,3 +473,64 @@ def test_inspect_says_what_the_weights_are_and_which_base_they_need(job_config, 
         in capsys.readouterr().out
     run(job_config("mode=inspect", *_args(path, t5_base)))
     assert re.search(r"fits         no: .* does not fit the base", capsys.readouterr().out)
+
+
+# --- from a real XP trained by AudioCraft's own solver ------------------------------------------
+# What each kind of trainer saves, made from the release of the real musicgen_t5 XP, in a fresh
+# process that loads it as a user does (the T5 by name, from the tiny T5's cache).
+MAKE_WEIGHTS = """
+import shutil, sys, torch, peft, transformers
+from pathlib import Path
+from audiocraft.models import MusicGen
+base, out = Path(sys.argv[1]), Path(sys.argv[2])
+lm = MusicGen.get_pretrained(str(base), device="cpu").lm
+torch.save(lm.state_dict(), out / "lm_final.pt")  # community trainers
+torch.save({"state_dict": {f"model.lm.{k}": v for k, v in lm.state_dict().items()},
+            "epoch": 1}, out / "last.ckpt")  # Lightning
+hf = transformers.MusicgenForConditionalGeneration.from_pretrained(base)
+hf.save_pretrained(out / "musicgen-hf")  # transformers fine-tuners
+for name in ("preprocessor_config.json", "spiece.model", "tokenizer.json",
+             "tokenizer_config.json"):
+    shutil.copy(base / name, out / "musicgen-hf" / name)
+torch.manual_seed(0)
+lora = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                       target_modules=["q_proj", "v_proj", "fc1"])
+peft.get_peft_model(hf, lora).save_pretrained(out / "lora")  # PEFT LoRA
+"""
+
+
+def test_each_kind_from_a_real_xp_release(real_xps, tiny_t5_home, tmp_path):
+    env = app_env(HF_HOME=str(tiny_t5_home), **OFFLINE)
+    base = tmp_path / "base"
+    common = (f"hydra.run.dir={tmp_path / 'run'}", "validate.duration=0.5")
+    run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps']['musicgen_t5']['sig']}", "output.transformers=true",
+            f"output.dir={base}", *common, cwd=tmp_path, env=env, check=True)
+    made = tmp_path / "weights"
+    made.mkdir()
+    proc = subprocess.run([sys.executable, "-c", MAKE_WEIGHTS, str(base), str(made)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base_lm = _lm(base)
+    for name, kind in (("lm_final.pt", "state dict"), ("last.ckpt", "state dict"),
+                       ("musicgen-hf", "transformers"), ("lora", "peft adapter")):
+        out = tmp_path / f"release-{name}"
+        run_app("input=weights", f"input.path={made / name}", f"input.base={base}",
+                "output.transformers=true", f"output.dir={out}", *common, cwd=tmp_path,
+                env=env, check=True)
+        manifest = _manifest(out)
+        assert_validated(manifest, ["lm_file", "compression_file", "get_pretrained",
+                                    "generate"])
+        assert manifest["source"]["weights"]["kind"] == kind
+        proof = manifest["transformers"]["proof"]
+        assert proof["greedy_identical_frames"] == proof["greedy_frames"] > 0
+        released = _lm(out)
+        if kind == "peft adapter":
+            assert not torch.equal(released["transformer.layers.0.linear1.weight"],
+                                   base_lm["transformer.layers.0.linear1.weight"])
+            assert {v.dtype for v in released.values()} == {v.dtype for v in base_lm.values()}
+        else:  # the base's own values (transformers' files are float32)
+            assert_same_state({k: v.to(base_lm[k].dtype) for k, v in released.items()},
+                              base_lm)
+        assert (out / "compression_state_dict.bin").read_bytes() \
+            == (base / "compression_state_dict.bin").read_bytes()

@@ -155,19 +155,23 @@ def _greedy_frames(lm: Any, model: Any, attribute: str,
                    mask: torch.Tensor, cfg_coef: float, frames: int) -> int:
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    card, n_q = model.decoder.config.vocab_size, model.decoder.config.num_codebooks
+    decoder = model.decoder.config
+    card, channels = decoder.vocab_size, decoder.audio_channels
     with _conditions_given(lm, _FixedConditions(attribute, condition)):
         ours = lm.generate(conditions=[ConditioningAttributes(text={attribute: "given"})],
                            max_gen_len=frames, use_sampling=False, cfg_coef=cfg_coef,
                            two_step_cfg=False)
     with _codes_captured(model) as captured:
-        # the delay pattern needs n_q - 1 steps beyond the frames
+        # the delay pattern needs (codebooks per channel - 1) steps beyond the frames
         model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                       guidance_scale=cfg_coef, max_new_tokens=frames + n_q - 1,
+                       guidance_scale=cfg_coef,
+                       max_new_tokens=frames + decoder.num_codebooks // channels - 1,
                        decoder_start_token_id=card, pad_token_id=card, bos_token_id=card)
-    if not captured:  # generate stopped before decoding any audio
+    if len(captured) != channels:  # generate stopped before decoding any audio
         return 0
-    theirs = captured[0][0]  # [chunks, batch, n_q, frames] -> [batch, n_q, frames]
+    # [chunks, batch, n_q, frames] -> [batch, n_q, frames]; stereo decodes the left channel's
+    # codebooks (0, 2, 4...) then the right's (1, 3, 5...): interleaved back as AudioCraft's
+    theirs = torch.stack([codes[0] for codes in captured], dim=2).flatten(1, 2)
     if theirs.shape != ours.shape:
         return 0
     return int((ours == theirs).all(dim=1).all(dim=0).sum())
@@ -195,5 +199,5 @@ def prove(lm_cfg: Any, compression_cfg: Any, lm_state: Mapping[str, Any],
     attribute = next(iter(value(lm_cfg, "fuser.cross")))
     coef = float(value(lm_cfg, "classifier_free_guidance.inference_coef"))
     return {**encodec_figures(compression_model, model.audio_encoder,
-                              decoder_kwargs["num_codebooks"]),
+                              decoder_kwargs["num_codebooks"] // decoder_kwargs["audio_channels"]),
             **lm_figures(lm, model, attribute, coef, frames=frames)}

@@ -35,8 +35,10 @@ from .equivalence import (
     write_folder,
 )
 from .mapping import (
+    audio_channels,
     checked_decoder,
     checked_encodec,
+    codec_codebooks,
     encodec_config_kwargs,
     encodec_refusals,
     encodec_state,
@@ -152,10 +154,11 @@ def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str
     import transformers
 
     encodec_kwargs, encodec = checked_encodec(lm_cfg, compression_cfg, compression_state)
-    n_q = int(value(lm_cfg, "transformer_lm.n_q"))
+    # the delay pattern's last codebook lags by this many steps (stereo: per channel)
+    delay = codec_codebooks(lm_cfg) - 1
     frames = _segment_frames(lm_cfg, encodec_kwargs)
     decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
-    decoder_kwargs["max_position_embeddings"] = max(2048, frames + n_q)
+    decoder_kwargs["max_position_embeddings"] = max(2048, frames + delay + 1)
     with loaded_text_encoder(t5_name(lm_cfg), text_encoder) as t5:
         config = transformers.MusicgenConfig(
             text_encoder=text_encoder_config(t5.model),
@@ -164,11 +167,11 @@ def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str
         text_state = {k: v.detach().clone().contiguous()
                       for k, v in t5.model.state_dict().items()}
         write_folder(folder, config, musicgen_state(decoder, projection, encodec, text_state))
-        # the delay pattern needs n_q - 1 steps beyond the frames of one training segment
+        # the delay pattern needs `delay` steps beyond the frames of one training segment
         transformers.GenerationConfig(**generation_kwargs(lm_cfg),
-                                      max_new_tokens=frames + n_q - 1).save_pretrained(folder)
+                                      max_new_tokens=frames + delay).save_pretrained(folder)
         transformers.EncodecFeatureExtractor(
-            feature_size=encodec_kwargs["audio_channels"],
+            feature_size=audio_channels(lm_cfg),  # the user's audio: stereo for a stereo LM
             sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
         _name_the_processor(folder / "preprocessor_config.json")
         save_tokenizer(t5, folder)
@@ -211,7 +214,8 @@ def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,
 
     model = _loaded(transformers.MusicgenForConditionalGeneration, folder)
     transformers.AutoProcessor.from_pretrained(folder)
-    n_q = model.decoder.config.num_codebooks
+    # the EnCodec codes each audio channel with the LM's codebooks of that channel
+    n_q = model.decoder.config.num_codebooks // model.decoder.config.audio_channels
     [attribute] = value(lm_cfg, "fuser.cross")
     coef = float(value(lm_cfg, "classifier_free_guidance.inference_coef"))
     figures: dict[str, Any] = {

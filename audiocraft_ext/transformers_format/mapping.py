@@ -46,6 +46,18 @@ def _power_of_two(number: int | None) -> bool:
     return number is not None and number > 0 and number & (number - 1) == 0
 
 
+def audio_channels(lm_cfg: DictConfig) -> int:
+    """2 for a stereo MusicGen (AudioCraft's interleave_stereo_codebooks: codebooks L0, R0, L1,
+    R1... over a mono EnCodec, transformers' ``audio_channels=2``), else 1."""
+    stereo = value(lm_cfg, "channels") == 2 and value(lm_cfg, "interleave_stereo_codebooks.use")
+    return 2 if stereo is True else 1
+
+
+def codec_codebooks(lm_cfg: DictConfig) -> int:
+    """How many of the EnCodec's codebooks the LM uses per audio channel."""
+    return _required(lm_cfg, "transformer_lm.n_q") // audio_channels(lm_cfg)
+
+
 # ---- refusals ----
 
 def _lm_refusals(cfg: DictConfig) -> list[str]:
@@ -58,13 +70,16 @@ def _lm_refusals(cfg: DictConfig) -> list[str]:
                        " only MusicGen's and AudioGen's autoregressive transformer_lm map "
                        "(not MAGNeT)")
     n_q, card = _int(cfg, f"{tf}.n_q"), _int(cfg, f"{tf}.card")
+    channels = audio_channels(cfg)
+    # transformers delays each channel's k-th codebook by k: stereo's are [0, 0, 1, 1, ...]
+    delays = [k // channels for k in range(n_q)] if n_q is not None else None
     if value(cfg, "codebooks_pattern.modeling") != "delay":
         reasons.append(f"codebooks pattern {value(cfg, 'codebooks_pattern.modeling')!r}: "
                        "transformers' Musicgen only has the delay pattern")
-    elif n_q is not None and (value(cfg, "codebooks_pattern.delay.delays") != list(range(n_q))
+    elif n_q is not None and (value(cfg, "codebooks_pattern.delay.delays") != delays
                               or value(cfg, "codebooks_pattern.delay.flatten_first") != 0
                               or value(cfg, "codebooks_pattern.delay.empty_initial") != 0):
-        reasons.append("delay pattern other than delays [0..n_q-1], no flattening, no empty "
+        reasons.append(f"delay pattern other than delays {delays}, no flattening, no empty "
                        "initial step: transformers' delay pattern is fixed")
     if not _power_of_two(card):
         reasons.append(f"card {card}: not a power of two (transformers' EnCodec refuses it)")
@@ -73,9 +88,15 @@ def _lm_refusals(cfg: DictConfig) -> list[str]:
             reasons.append(f"{tf}.{key} is not a literal integer")
     if n_q is None:
         reasons.append(f"{tf}.n_q is not a literal integer")
-    if value(cfg, "channels") != 1:
-        reasons.append(f"channels {value(cfg, 'channels')!r}: stereo (interleaved codebooks) "
-                       "is not mapped yet")
+    if value(cfg, "channels") not in (1, 2) or (value(cfg, "channels") == 2 and channels != 2):
+        reasons.append(f"channels {value(cfg, 'channels')!r}: transformers' Musicgen holds mono "
+                       "or stereo with interleaved codebooks (interleave_stereo_codebooks.use)")
+    elif channels == 2 and value(cfg, "interleave_stereo_codebooks.per_timestep") not in (
+            None, False):
+        reasons.append("interleave_stereo_codebooks.per_timestep: transformers interleaves the "
+                       "channels' codebooks, not their time steps")
+    elif channels == 2 and n_q is not None and n_q % 2:
+        reasons.append(f"{tf}.n_q {n_q}: a stereo LM has two codebooks per EnCodec codebook")
     expected: dict[str, Any] = {
         "positional_embedding": "sin", "xpos": False, "norm_first": True, "norm": "layer_norm",
         "bias_ff": False, "bias_attn": False, "bias_proj": False, "layer_scale": None,
@@ -157,6 +178,12 @@ def _compression_refusals(cfg: DictConfig, lm_cfg: DictConfig) -> list[str]:
     if bins != card:
         reasons.append(f"EnCodec rvq.bins {bins} differs from the LM's card {card}")
     n_q, rvq_n_q = _int(lm_cfg, "transformer_lm.n_q"), _int(cfg, "rvq.n_q")
+    channels = audio_channels(lm_cfg)
+    if n_q is not None:
+        n_q //= channels  # per channel: a stereo LM codes each channel with the mono EnCodec
+    if channels == 2 and value(cfg, "channels") != 1:
+        reasons.append(f"EnCodec channels {value(cfg, 'channels')!r}: a stereo MusicGen codes "
+                       "each channel with a mono EnCodec")
     if n_q is not None and rvq_n_q is not None and n_q > rvq_n_q:
         reasons.append(f"the LM uses {n_q} codebooks, the EnCodec has {rvq_n_q}")
     elif not reasons and n_q is not None and _bandwidth(cfg, n_q) is None:
@@ -239,7 +266,7 @@ def decoder_config_kwargs(lm_cfg: DictConfig, max_positions: int = 2048) -> dict
         "num_hidden_layers": _required(lm_cfg, f"{tf}.num_layers"),
         "num_attention_heads": _required(lm_cfg, f"{tf}.num_heads"),
         "ffn_dim": dim * _required(lm_cfg, f"{tf}.hidden_scale"),
-        "num_codebooks": _int(lm_cfg, f"{tf}.n_q"), "audio_channels": 1,
+        "num_codebooks": _int(lm_cfg, f"{tf}.n_q"), "audio_channels": audio_channels(lm_cfg),
         "max_position_embeddings": max_positions,
         "activation_function": ACTIVATIONS[value(lm_cfg, f"{tf}.activation")],
         "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "layerdrop": 0.0,
@@ -353,7 +380,7 @@ def checked_encodec(lm_cfg: DictConfig, compression_cfg: DictConfig,
                                                                     dict[str, torch.Tensor]]:
     """``(EncodecConfig kwargs, EncodecModel state)``, refusing what cannot be represented."""
     _refuse(lm_cfg, compression_cfg)
-    n_q = _required(lm_cfg, "transformer_lm.n_q")
+    n_q = codec_codebooks(lm_cfg)
     return encodec_config_kwargs(compression_cfg, n_q), encodec_state(compression_state, n_q)
 
 

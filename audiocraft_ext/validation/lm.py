@@ -107,7 +107,8 @@ def _run_checks(release_dir: Path, load_dir: Path, family: Family, lm_cfg: DictC
             entry.model_class = cls.__name__
             with timed(entry):
                 if compression.state is not None:
-                    compare_states(compression.state, model.compression_model.state_dict(),
+                    compare_states(compression.state,
+                                   released_compression(model.compression_model).state_dict(),
                                    f"{cls.__name__}.get_pretrained's compression model",
                                    cast=True)
                 compare_states(lm_state, model.lm.state_dict(),
@@ -116,6 +117,14 @@ def _run_checks(release_dir: Path, load_dir: Path, family: Family, lm_cfg: DictC
                             if family.magnet else "load_lm_model"]
     with checks.check("generate") as entry:
         _generate(model, lm_cfg, settings, clips, entry)
+
+
+def released_compression(compression_model: Any) -> Any:
+    """The compression model the release holds, inside the wrapper a model adds at load
+    (``InterleaveStereoCompressionModel`` for a stereo MusicGen over its mono EnCodec)."""
+    if type(compression_model).__name__ == "InterleaveStereoCompressionModel":
+        return compression_model.model
+    return compression_model
 
 
 def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
