@@ -485,7 +485,8 @@ def _cfg_edit(**values):
      r"run on the exporting machine"),
     ({"dataset__segment_duration": "thirty"}, (),
      r"MusicGen.get_pretrained needs a number of seconds in xp.cfg's "
-     r"dataset.segment_duration, which holds 'thirty'$"),
+     r"dataset.segment_duration, which holds 'thirty'; validate=load exports it without the "
+     r"get_pretrained check$"),
 ], ids=["env-solver", "env-compression-model", "env-in-model", "cycle", "missing-key",
         "unknown-resolver", "non-numeric-segment"])
 def test_config_interpolations_are_data(tmp_path, refused, caplog, musicgen_ckpt, values,

@@ -341,13 +341,20 @@ def test_output_exists_and_stays_untouched(tmp_path, refused, job_config, musicg
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
 
 
-def test_failed_overwrite_keeps_the_old_release(tmp_path, refused, job_config, musicgen_ckpt,
-                                                musicgen_xp):
+def test_failed_overwrite_keeps_the_old_release(tmp_path, refused, job_config, musicgen_ckpt):
+    """The new export fails in validation, after it was written (its config declares biases
+    its state does not hold: audiocraft's loader refuses it)."""
     dest = tmp_path / "out" / "release"
     exported_in_process(job_config, *_input(musicgen_ckpt), f"output.dir={dest}", "validate=none")
     before = {p.name: sha256_of(p) for p in dest.iterdir()}
-    refused(tmp_path, *_input(musicgen_xp("dataset.segment_duration=5")), "output.overwrite=true",
-            keep=("release",), message=r"MusicGen\.get_pretrained rejects this model")
+
+    def biased(pkg: dict) -> None:
+        pkg["xp.cfg"].transformer_lm.bias_ff = True
+
+    broken = _checkpoint(tmp_path / "src", musicgen_ckpt, biased)
+    refused(tmp_path, *_input(broken), "output.overwrite=true", keep=("release",),
+            message=r"validation 'get_pretrained' failed: the state does not match its xp.cfg: "
+                    r"4 missing keys")
     assert {p.name: sha256_of(p) for p in dest.iterdir()} == before
     assert sorted(p.name for p in dest.parent.iterdir()) == ["release"]
 

@@ -30,6 +30,20 @@ def test_card_snippets_run_as_pasted(fixture, request, tmp_path, monkeypatch):
         assert ("wav" in namespace) or ("audio" in namespace)
 
 
+def test_the_snippet_of_a_model_get_pretrained_refuses_runs(musicgen_xp, tmp_path,
+                                                            monkeypatch):
+    """Trained on 5 s segments: the card builds the model from the loaders instead."""
+    dest = tmp_path / "short"
+    export_release(musicgen_xp("dataset.segment_duration=5"), dest, validate="load",
+                   samples=False)
+    (snippet,) = python_snippets((dest / "README.md").read_text())
+    assert "get_pretrained(" not in snippet and "max_duration=30" in snippet
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["wav"].shape[:2] == (1, 1)
+
+
 def test_the_encodec_snippet_round_trips_its_own_audio(encodec_ckpt, tmp_path, monkeypatch):
     dest = tmp_path / "enc"
     export_release(encodec_ckpt, dest, validate=ValidateConfig(duration=0.25))

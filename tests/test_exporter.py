@@ -1,6 +1,7 @@
 """export_release on real solver checkpoints, checked with stock audiocraft."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -118,15 +119,24 @@ def test_existing_release_is_kept_unless_overwrite(musicgen_ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rel"]  # no lock, nothing aside
 
 
-def test_failed_validation_leaves_no_release(musicgen_xp, tmp_path):
+def test_a_model_get_pretrained_refuses_is_said_before_writing(musicgen_xp, tmp_path, caplog):
+    """Trained on 5 s segments: stock MusicGen.get_pretrained asserts its 18 s extend_stride
+    is shorter. validate=full would run it: refused before anything is written, with what to
+    do; validate=load exports it and says the same once."""
     short = musicgen_xp("dataset.segment_duration=5")
-    with pytest.raises(ExportError, match=r"MusicGen.get_pretrained rejects this model: it was "
-                                          r"trained on dataset.segment_duration=5 s, which must "
-                                          r"be above 18 s"):
+    said = (r"stock MusicGen.get_pretrained cannot load this model: it was trained on "
+            r"dataset.segment_duration=5 s and asserts that its 18 s extend_stride is shorter; "
+            r"load the release with MusicGen\(name, loaders.load_compression_model\(folder\), "
+            r"loaders.load_lm_model\(folder\), max_duration=30\) \(any max_duration above "
+            r"18 s; generating beyond 5 s goes past what it was trained on\), or retrain with "
+            r"segments over 18 s")
+    with pytest.raises(ExportError, match=said + r"; validate='load' exports it without the "
+                                                 r"get_pretrained check$"):
         export_release(short, tmp_path / "rel")
-    assert not (tmp_path / "rel").exists()
-    assert [p.name for p in tmp_path.iterdir()] == []  # no staging leftovers, no lock
-    export_release(short, tmp_path / "rel", validate=LOAD)  # loaders accept it
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written, no lock
+    with caplog.at_level("WARNING"):
+        export_release(short, tmp_path / "rel", validate=LOAD)  # loaders accept it
+    assert [r.message for r in caplog.records if re.fullmatch(said, r.message)]
 
 
 def test_missing_state_is_a_clear_error(no_best_ckpt, tmp_path):

@@ -11,6 +11,7 @@ what a T5 release holds (only ``output_proj``). A tiny random transformers ``T5E
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -74,6 +75,58 @@ def test_release_is_equivalent_in_transformers(built: dict, tmp_path) -> None:
     assert figures["encodec_encode_identical_codes"] == 1.0
     assert figures["lm_logits_max_abs_diff"] <= 1e-4
     assert figures["greedy_identical_frames"] == figures["greedy_frames"] == 20
+    assert figures["greedy_identical_frames_no_guidance"] == 20
+    assert figures["greedy_identical_frames_other_text"] == 20
+    assert figures["other_text_changes_codes"] is True
+
+
+STEREO = ["channels=2", "transformer_lm.n_q=8", "codebooks_pattern.delay.delays=[0,0,1,1,2,2,3,3]",
+          "+interleave_stereo_codebooks={use:true,per_timestep:false}"]
+
+
+def test_stereo_is_equivalent_in_transformers(built: dict, tmp_path) -> None:
+    """A stereo LM (codebooks L0, R0, L1, R1... over the mono EnCodec): transformers'
+    audio_channels=2, generation decoding each channel's codebooks with the mono EnCodec."""
+    from audiocraft.models import builders
+
+    torch.manual_seed(0)
+    lm_cfg = compose_xp_config("musicgen", [*LM_OVERRIDES, *STEREO])
+    lm = builders.get_lm_model(lm_cfg).eval()
+    lm_state = {k: v for k, v in lm.state_dict().items() if not k.endswith(".embed.weight")}
+    assert refusals(_as_t5(lm_cfg), built["compression_cfg"]) == []
+    figures = prove(_as_t5(lm_cfg), built["compression_cfg"], lm_state,
+                    built["compression"].state_dict(), lm, built["compression"],
+                    _text_encoder(), tmp_path / "transformers", frames=20)
+    config = json.loads((tmp_path / "transformers" / "config.json").read_text())
+    assert (config["decoder"]["audio_channels"], config["decoder"]["num_codebooks"],
+            config["audio_encoder"]["audio_channels"]) == (2, 8, 1)
+    assert figures["lm_logits_max_abs_diff"] <= 1e-4
+    assert figures["greedy_identical_frames"] == figures["greedy_frames"] == 20
+    assert figures["greedy_identical_frames_other_text"] == 20
+    assert figures["other_text_changes_codes"] is True
+
+
+def test_a_model_that_ignores_its_text_fails_the_conditioning_check(built: dict,
+                                                                    tmp_path) -> None:
+    """What transformers 4.48-4.57's MusicgenMelody.generate did (all conditioning dropped,
+    logits still right): the same codes for any text, which the proof sees."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from audiocraft_ext.transformers_format.equivalence import lm_figures, load_strictly
+
+    prove(built["lm_cfg"], built["compression_cfg"], built["lm_state"],
+          built["compression"].state_dict(), built["lm"], built["compression"],
+          _text_encoder(), tmp_path / "transformers", frames=20)
+    model = load_strictly(MusicgenForConditionalGeneration, tmp_path / "transformers")
+    generate = model.generate
+
+    def deaf(input_ids=None, **kwargs):  # every prompt replaced by the same tokens
+        return generate(input_ids=torch.ones_like(input_ids), **kwargs)
+
+    model.generate = deaf
+    figures = lm_figures(built["lm"], model, "description", 3.0, frames=20)
+    assert figures["lm_logits_max_abs_diff"] <= 1e-4  # a logits check cannot see it
+    assert figures["other_text_changes_codes"] is False
 
 
 LM_REFUSALS = [  # (dotted key, value that transformers' Musicgen cannot represent, words)

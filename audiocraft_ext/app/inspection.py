@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from ..config import ExportConfig, StateChoice
 from ..errors import ExportError, first_line, shown
-from ..families import COMPRESSION_SOLVER
+from ..families import COMPRESSION_SOLVER, family_of
 from ..reporting.manifest import FileFacts, StateFacts
 from ..untrusted.averaging import epoch_checkpoints
 from ..untrusted.safe_load import MAX_NESTING
@@ -56,6 +56,7 @@ def inspect_checkpoint(source: CheckpointSource, trust: bool = False) -> dict[st
         "state_auto": auto,
         "compression_model_checkpoint": raw_value(cfg, "compression_model_checkpoint")
         if cfg is not None else None,
+        "get_pretrained": _get_pretrained_verdict(cfg),
         "transformers": _transformers_verdict(cfg, source, trust),
         "epoch_checkpoints": [p.name for p in epoch_checkpoints(xp_dir).values()],
         "fsdp_shards": [p.name for p in fsdp_shards(source.path)],
@@ -135,6 +136,17 @@ def format_weights_inspection(info: Mapping[str, Any], as_json: bool = False) ->
     return "\n".join(lines)
 
 
+def _get_pretrained_verdict(cfg: DictConfig | None) -> str:
+    """Whether stock get_pretrained loads this model's release, or why not (one line)."""
+    if cfg is None:
+        return "unknown: no readable xp.cfg"
+    family = family_of(raw_value(cfg, "solver"))
+    if family.model_class is None:
+        return f"unknown: solver {shown(family.solver)}"
+    refusal = family.get_pretrained_refusal(raw_value(cfg, "dataset.segment_duration"))
+    return f"no: {refusal}" if refusal else f"yes ({family.model_class}.get_pretrained)"
+
+
 def _transformers_verdict(cfg: DictConfig | None, source: CheckpointSource,
                           trust: bool) -> str:
     """Whether output.transformers=true can write this checkpoint, or why not (one line)."""
@@ -185,6 +197,7 @@ def format_inspection(info: Mapping[str, Any], as_json: bool = False) -> str:
         lines.append(f"  {key:<16} {facts}")
     lines += [f"state=auto   exports {info['state_auto']}",
               f"compression  {info['compression_model_checkpoint']}",
+              f"get_pretrained {info['get_pretrained']}",
               f"transformers {info['transformers']}",
               f"epoch files  {', '.join(info['epoch_checkpoints']) or 'none'}",
               f"FSDP shards  {', '.join(info['fsdp_shards']) or 'none'}"]

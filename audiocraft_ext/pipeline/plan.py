@@ -117,6 +117,7 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
     # before any model is built from the config: does it describe the state?
     check_architecture(family, cfg, selection.state, str(source.path))
     compression = _shipped_compression(family, spec, cfg, source, selection)
+    _refuse_unloadable(family, cfg, spec, full=compression is not None)
     if compression is not None and compression.state is not None:  # the EnCodec beside it
         check_encodec_architecture(cfg_of_yaml(compression.package.get("xp.cfg")),
                                    compression.state, str(compression.source))
@@ -140,6 +141,19 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
     return ReleasePlan(source, out_dir, spec, solver, family, selection, weights, cfg,
                        tuple(repairs), compression, stand_in, packages, tuple(recorded),
                        recorder)
+
+
+def _refuse_unloadable(family: Family, cfg: DictConfig, spec: ExportConfig, full: bool) -> None:
+    """A model stock get_pretrained refuses (trained on segments no longer than its
+    extend_stride): refused before anything is written when validation would run
+    get_pretrained (validate=full with a compression model), said once otherwise."""
+    refusal = family.get_pretrained_refusal(raw_value(cfg, "dataset.segment_duration"))
+    if refusal is None:
+        return
+    if full and spec.validate.level is ValidateLevel.full:
+        raise ExportError(f"{refusal}; {setting('validate', 'load')} exports it without the "
+                          "get_pretrained check")
+    logger.warning("%s", refusal)
 
 
 def _shipped_compression(family: Family, spec: ExportConfig, cfg: DictConfig,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import one_line
+from ..families import FAMILIES
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE
 from .card_text import code, fenced, literal, more
 from .finetune import finetune_command
@@ -122,6 +124,10 @@ def _model_section(m: Manifest, is_lm: bool) -> str:
     audio = None
     if model.sample_rate is not None:
         audio = f"{model.sample_rate} Hz, {model.channels} channel(s)"
+        if model.interleaved_stereo and model.codebooks is not None:
+            audio += (f": stereo, its {model.codebooks} codebooks alternating between the left "
+                      f"and right channels ({model.codebooks // 2} each, AudioCraft's "
+                      "`interleave_stereo_codebooks`), each channel coded by the mono EnCodec")
     conditioners = list(model.conditioners.items())
     conditioning = ", ".join(f"{code(a)}: {code(k)}" for a, k in conditioners[:MAX_LISTED]) \
         + more(min(len(conditioners), MAX_LISTED), len(conditioners)) if is_lm else None
@@ -254,9 +260,25 @@ def _usage_section(m: Manifest, is_lm: bool) -> str:
     else:
         settings = ["model.set_generation_params(duration=8)" if cls != "MAGNeT" else
                     "model.set_generation_params()"]
+    family = FAMILIES.get(m.model.family or "")
+    short = family is not None and family.max_duration is not None \
+        and family.extend_stride is not None and m.model.segment_duration is not None \
+        and m.model.segment_duration <= family.extend_stride
+    if short:  # stock get_pretrained refuses it: the model is built from its loaders
+        assert family is not None
+        loading = [
+            f"# trained on {m.model.segment_duration:g} s segments: {cls}.get_pretrained "
+            f"refuses it (its {family.extend_stride:g} s",
+            "# extend_stride must be shorter), so the model is built from the loaders",
+            f"folder = {literal(folder)}  # this folder",
+            f"model = {cls}(folder, loaders.load_compression_model(folder), "
+            f"loaders.load_lm_model(folder),",
+            f"              max_duration={family.max_duration:g})"]
+    else:
+        loading = [f"model = {cls}.get_pretrained({literal(folder)})  # this folder"]
     snippet = [*(["import torch"] if generation else []),
-               f"from audiocraft.models import {cls}", "",
-               f"model = {cls}.get_pretrained({literal(folder)})  # this folder", *settings,
+               f"from audiocraft.models import {cls}" + (", loaders" if short else ""), "",
+               *loading, *settings,
                f"wav = model.generate([{prompt}])" if prompt else
                "wav = model.generate_unconditional(1)"]
     return "\n".join(["## Use it\n", "With AudioCraft installed:", "",
@@ -297,9 +319,24 @@ def _transformers_section(m: Manifest) -> str:
             f"{proof['encodec_decode_max_abs_diff']:.2g}, encoding gives "
             f"{proof['encodec_encode_identical_codes']:.0%} identical codes, and greedy "
             f"decoding {proof['greedy_identical_frames']} of {proof['greedy_frames']} "
-            "identical frames; `pipeline(\"text-to-audio\")` produces audio at "
-            f"{proof['pipeline_sampling_rate']} Hz.", ""]
+            "identical frames" + _greedy_runs(proof) + "; `pipeline(\"text-to-audio\")` "
+            f"produces audio at {proof['pipeline_sampling_rate']} Hz"
+            + (f" (transformers {proof['transformers_version']})"
+               if proof.get("transformers_version") else "") + ".", ""]
     return "\n".join(lines)
+
+
+def _greedy_runs(proof: Mapping[str, Any]) -> str:
+    """The greedy runs beyond the guided one, when the proof made them."""
+    if "greedy_identical_frames_other_text" not in proof:
+        return ""
+    frames = proof["greedy_frames"]
+    return (f" with guidance {proof['greedy_guidance_scale']:g} (the XP's), "
+            f"{proof['greedy_identical_frames_no_guidance']} of {frames} without guidance, "
+            f"{proof['greedy_identical_frames_other_text']} of {frames} for another text, "
+            "which changes the codes of both ("
+            + ("so neither drops its conditioning" if proof["other_text_changes_codes"]
+               else "it did not") + ")")
 
 
 def _finetune_section(m: Manifest, is_lm: bool) -> str:

@@ -36,6 +36,9 @@ class ModelRecord:
     conditioners: dict[str, str] = field(default_factory=dict)  # attribute -> kind
     segment_duration: float | None = None  # seconds of audio per training example
     cfg_coef: float | None = None  # classifier-free guidance at inference
+    # stereo as AudioCraft codes it (interleave_stereo_codebooks): the LM's codebooks alternate
+    # between the left and right channels, each coded by the mono EnCodec
+    interleaved_stereo: bool = False
 
     def with_frame_rate(self, frame_rate: float | None) -> ModelRecord:
         """This record with the frame rate filled in, when it was unknown."""
@@ -104,7 +107,9 @@ def lm_facts(cfg: DictConfig, family: Family, compression_cfg: DictConfig | None
         num_heads=_int(cfg, "transformer_lm.num_heads"),
         conditioners=_conditioners(cfg, record),
         segment_duration=_number(cfg, "dataset.segment_duration"),
-        cfg_coef=_number(cfg, "classifier_free_guidance.inference_coef"))
+        cfg_coef=_number(cfg, "classifier_free_guidance.inference_coef"),
+        interleaved_stereo=_int(cfg, "channels") == 2
+        and raw_value(cfg, "interleave_stereo_codebooks.use") is True)
 
 
 def _conditioners(cfg: DictConfig, record: Callable[[str], str]) -> dict[str, str]:

@@ -126,33 +126,54 @@ def _codes_captured(model: Any) -> Iterator[list[torch.Tensor]]:
 
 
 def lm_figures(lm: Any, model: Any, attribute: str, cfg_coef: float,
-               frames: int = 20, text_tokens: int = 8, seed: int = 0) -> dict[str, float]:
-    """Logits on the same codes and text, and greedy classifier-free-guided decoding of
-    ``frames`` frames, of audiocraft's LM and transformers' ``MusicgenForConditionalGeneration``
-    (whose text encoder produces the conditioning of both)."""
+               frames: int = 20, text_tokens: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Logits on the same codes and text, then greedy decoding of ``frames`` frames by
+    audiocraft's LM and transformers' ``MusicgenForConditionalGeneration`` (whose text encoder
+    produces the conditioning of both): with the XP's classifier-free guidance, without
+    guidance, and for another text, which must change the codes in both (a stack that dropped
+    its conditioning would give the same codes for both texts)."""
     generator = torch.Generator().manual_seed(seed)
     decoder = model.decoder.config
     card, n_q = decoder.vocab_size, decoder.num_codebooks
     vocab = model.text_encoder.config.vocab_size
-    input_ids = torch.randint(1, vocab, (1, text_tokens), generator=generator)
-    mask = torch.ones_like(input_ids)
+    texts = [torch.randint(1, vocab, (1, text_tokens), generator=generator) for _ in range(2)]
+    mask = torch.ones_like(texts[0])
     sequence = torch.randint(0, card + 1, (1, n_q, frames), generator=generator)  # + special
     with torch.no_grad():
-        hidden = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        condition = _cross_condition(lm, attribute, hidden, mask)
-        ours = lm(sequence, [], {attribute: condition})
-        theirs = model(input_ids=input_ids, attention_mask=mask,
+        conditions = [_cross_condition(lm, attribute, model.text_encoder(
+            input_ids=ids, attention_mask=mask).last_hidden_state, mask) for ids in texts]
+        ours = lm(sequence, [], {attribute: conditions[0]})
+        theirs = model(input_ids=texts[0], attention_mask=mask,
                        decoder_input_ids=sequence.reshape(n_q, frames)).logits
         logits_diff = float((ours - theirs.reshape(ours.shape)).abs().max())
-        generated = _greedy_frames(lm, model, attribute, condition, input_ids, mask, cfg_coef,
-                                   frames)
+        runs = {"guided": (0, cfg_coef), "no_guidance": (0, 1.0), "other_text": (1, cfg_coef)}
+        codes = {name: _greedy_codes(lm, model, attribute, conditions[i], texts[i], mask, coef,
+                                     frames) for name, (i, coef) in runs.items()}
+    identical = {name: _identical_frames(*pair) for name, pair in codes.items()}
+    (ours_a, theirs_a), (ours_b, theirs_b) = codes["guided"], codes["other_text"]
+    changed = not torch.equal(ours_a, ours_b) and theirs_a is not None \
+        and theirs_b is not None and not torch.equal(theirs_a, theirs_b)
     return {"lm_logits_max_abs_diff": logits_diff, "greedy_frames": frames,
-            "greedy_identical_frames": generated}
+            "greedy_identical_frames": identical["guided"],
+            "greedy_guidance_scale": cfg_coef,
+            "greedy_identical_frames_no_guidance": identical["no_guidance"],
+            "greedy_identical_frames_other_text": identical["other_text"],
+            "other_text_changes_codes": changed}
 
 
-def _greedy_frames(lm: Any, model: Any, attribute: str,
-                   condition: tuple[torch.Tensor, torch.Tensor], input_ids: torch.Tensor,
-                   mask: torch.Tensor, cfg_coef: float, frames: int) -> int:
+def _identical_frames(ours: torch.Tensor, theirs: torch.Tensor | None) -> int:
+    """Frames whose codes (every codebook) are equal in both stacks."""
+    if theirs is None or theirs.shape != ours.shape:
+        return 0
+    return int((ours == theirs).all(dim=1).all(dim=0).sum())
+
+
+def _greedy_codes(lm: Any, model: Any, attribute: str,
+                  condition: tuple[torch.Tensor, torch.Tensor], input_ids: torch.Tensor,
+                  mask: torch.Tensor, cfg_coef: float, frames: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The greedy codes [batch, n_q, frames] of audiocraft's LM and of transformers' model
+    (None when it decoded no audio)."""
     from audiocraft.modules.conditioners import ConditioningAttributes
 
     decoder = model.decoder.config
@@ -168,13 +189,10 @@ def _greedy_frames(lm: Any, model: Any, attribute: str,
                        max_new_tokens=frames + decoder.num_codebooks // channels - 1,
                        decoder_start_token_id=card, pad_token_id=card, bos_token_id=card)
     if len(captured) != channels:  # generate stopped before decoding any audio
-        return 0
+        return ours, None
     # [chunks, batch, n_q, frames] -> [batch, n_q, frames]; stereo decodes the left channel's
     # codebooks (0, 2, 4...) then the right's (1, 3, 5...): interleaved back as AudioCraft's
-    theirs = torch.stack([codes[0] for codes in captured], dim=2).flatten(1, 2)
-    if theirs.shape != ours.shape:
-        return 0
-    return int((ours == theirs).all(dim=1).all(dim=0).sum())
+    return ours, torch.stack([codes[0] for codes in captured], dim=2).flatten(1, 2)
 
 
 def prove(lm_cfg: Any, compression_cfg: Any, lm_state: Mapping[str, Any],

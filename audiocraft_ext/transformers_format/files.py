@@ -225,13 +225,18 @@ def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,
                 if not figures[name] <= MAX_ABS_DIFF]
     if figures["encodec_encode_identical_codes"] != 1.0:
         problems.append("encodec_encode_identical_codes")
-    if figures["greedy_identical_frames"] != figures["greedy_frames"]:
-        problems.append("greedy_identical_frames")
+    problems += [name for name in ("greedy_identical_frames",
+                                   "greedy_identical_frames_no_guidance",
+                                   "greedy_identical_frames_other_text")
+                 if figures[name] != figures["greedy_frames"]]
+    if not figures["other_text_changes_codes"]:  # a stack that ignores its conditioning
+        problems.append("other_text_changes_codes")
     figures.update(_pipeline_audio(folder, model.config.audio_encoder.sampling_rate))
     if problems:
         raise ExportError("transformers' model differs from AudioCraft's: " + ", ".join(
             f"{name} {figures[name]}" for name in problems))
-    return {"max_abs_diff_allowed": MAX_ABS_DIFF, **figures}
+    return {"max_abs_diff_allowed": MAX_ABS_DIFF, "transformers_version": transformers.__version__,
+            **figures}
 
 
 def prove_release(folder: Path, lm_cfg: DictConfig) -> dict[str, Any]:

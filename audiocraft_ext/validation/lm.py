@@ -22,7 +22,6 @@ from ..reporting.manifest import Check, ValidationReport
 from ..reporting.progress import step_progress
 from ..reporting.samples import LM_KEYS, MAGNET_KEYS, Clip, Generation, generation_settings
 from ..untrusted.states import StateDict
-from ..untrusted.xp_config import needed_value
 from ..writing.compression import CompressionRelease
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE, save_package
 from ..writing.torch_zip import WrittenZip
@@ -83,9 +82,8 @@ def _run_checks(release_dir: Path, load_dir: Path, family: Family, lm_cfg: DictC
     for name, (state, wrote) in files.items():
         with checks.check("lm_file" if name == LM_FILE else "compression_file"):
             check_release_file(release_dir / name, state, wrote)
+    # the plan refused a model get_pretrained cannot load (segments too short) at this level
     full = settings.level is ValidateLevel.full and compression is not None
-    if full:
-        check_segment_duration(lm_cfg, family)
     wait_for_audiocraft()
     from audiocraft.models import loaders
 
@@ -163,22 +161,6 @@ def _check_loaders(loaders: Any, load_dir: Path, lm_state: StateDict,
         with timed(entry):
             compare_states(lm_state, lm.state_dict(), "reloaded LM", cast=True)
         del lm
-
-
-def check_segment_duration(lm_cfg: DictConfig, family: Family) -> None:
-    if family.extend_stride is None:
-        return
-    segment = needed_value(lm_cfg, "dataset.segment_duration", "the LM")
-    if type(segment) not in (int, float):
-        raise ExportError(f"{family.model_class}.get_pretrained needs a number of seconds in "
-                          f"xp.cfg's dataset.segment_duration, which holds {shown(segment)}")
-    if segment <= family.extend_stride:
-        raise ExportError(
-            f"{family.model_class}.get_pretrained rejects this model: it was trained on "
-            f"dataset.segment_duration={segment:g} s, which must be above "
-            f"{family.extend_stride:g} s (the default extend_stride it asserts on); retrain "
-            f"with longer segments or use {setting('validate', 'load')} to skip the "
-            "get_pretrained check")
 
 
 def model_generation(model: Any, lm_cfg: DictConfig, settings: ValidateConfig) -> Generation:
