@@ -16,7 +16,8 @@ PYTHON=${PYTHON:-python3}
 
 if [ "$PROJECT" = yes ]; then
   reqs=(requirements/common.txt requirements/runtime.txt requirements/launchers.txt
-        requirements/lora.txt requirements/test.txt requirements/lint.txt)
+        requirements/lora.txt requirements/melody.txt requirements/test.txt
+        requirements/lint.txt)
 else
   reqs=(requirements/common.txt requirements/runtime.txt)
 fi

@@ -14,7 +14,7 @@ Run it with the python of a venv that holds audiocraft 1.3.0, its import deps an
 `imageio-ffmpeg` (or have an `ffmpeg` on PATH). The result is DIR/fixtures.json:
 
     {"audiocraft": "1.3.0", "script_sha256": ..., "dora_dir": ...,
-     "hf_home": <tiny T5 cache folder or null>,
+     "hf_home": <tiny T5 cache folder or null>, "torch_home": <tiny htdemucs or null>,
      "xps": {"encodec": {"sig", "checkpoint", "seconds", "solver", "overrides", ...}, ...}}
 
 It is a cache: when DIR/fixtures.json was written by this very script file (same sha256) for
@@ -119,6 +119,14 @@ XPS: dict[str, tuple[str, list[str], list[str]]] = {
         *T5_DELAY, "codebooks_pattern.delay.delays=[0,0,1,1,2,2,3,3]",
         "dataset.segment_duration=30", "+dataset.generate.segment_duration=2",
         "generate.lm.prompted_samples=false", *SHORT_GEN]),
+    # Melody: AudioCraft's chroma2music conditioning (ChromaStemConditioner on the segment's
+    # own audio, prepended with the T5 text), demucs' htdemucs served by the tiny one of
+    # scripts/tiny_demucs.py (TORCH_HOME).
+    "musicgen_melody": ("musicgen/debug", ["encodec512"], [
+        "dset=audio/fixtures_music32", "compression_model_checkpoint=//sig/{sig:encodec512}",
+        "conditioner=chroma2music", "conditioners.description.t5.name=t5-small",
+        "transformer_lm.card=512", "codebooks_pattern.modeling=delay",
+        "dataset.segment_duration=30", *SHORT_GEN]),
     "magnet": ("magnet/magnet_32khz", ["encodec"], [
         "dset=audio/fixtures_music32", "compression_model_checkpoint=//sig/{sig:encodec}",
         *LUT, "model/lm/model_scale=xsmall", "transformer_lm.card=400",
@@ -127,8 +135,10 @@ XPS: dict[str, tuple[str, list[str], list[str]]] = {
         "generate.lm.decoding_steps=[4,2,2,2]"]),
 }
 DEFAULT_SET = list(XPS)
-# XPs whose training loads T5 (through transformers, by name, from HF_HOME)
-T5_XPS = {name for name, (_s, _d, ovs) in XPS.items() if T5_DELAY[0] in ovs}
+# XPs whose training loads T5 (through transformers, by name, from HF_HOME), and demucs
+MELODY = "conditioner=chroma2music"
+T5_XPS = {name for name, (_s, _d, ovs) in XPS.items() if T5_DELAY[0] in ovs or MELODY in ovs}
+DEMUCS_XPS = {name for name, (_s, _d, ovs) in XPS.items() if MELODY in ovs}
 
 # Synthetic data sets: name -> (sample rate, dset yaml name, kind of sidecar, channels).
 DATASETS = {
@@ -263,6 +273,15 @@ def tiny_t5_home() -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         fail("building the tiny T5 failed:\n" + proc.stderr[-3000:])
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def tiny_demucs_home() -> str:
+    """The TORCH_HOME folder of the tiny htdemucs (built by scripts/tiny_demucs.py, cached)."""
+    cmd = [sys.executable, str(SCRIPT.parent / "tiny_demucs.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail("building the tiny htdemucs failed:\n" + proc.stderr[-3000:])
     return proc.stdout.strip().splitlines()[-1]
 
 
@@ -479,6 +498,10 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
     if T5_XPS & set(wanted):
         hf_home = tiny_t5_home()
         env["HF_HOME"] = hf_home
+    torch_home = previous.get("torch_home") if previous else None
+    if DEMUCS_XPS & set(wanted):
+        torch_home = tiny_demucs_home()
+        env["TORCH_HOME"] = torch_home
 
     todo = [n for n in wanted if n not in have]
     by_yaml = {dset_name: ds for ds, (_sr, dset_name, _kind, _ch) in DATASETS.items()}
@@ -501,6 +524,7 @@ def build(args: argparse.Namespace, out: Path, script_sha: str) -> int:
         "torch": torch.__version__,
         "dora_dir": env["AUDIOCRAFT_DORA_DIR"],
         "hf_home": hf_home,
+        "torch_home": torch_home,
         "sdist_dir": str(src),
         "total_seconds": round(time.time() - t0, 2),
         "xps": {n: xps[n] for n in XPS if n in xps},

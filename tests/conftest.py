@@ -147,12 +147,26 @@ def tiny_t5_home() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_demucs_home() -> Path:
+    """A TORCH_HOME folder whose torch.hub cache holds a tiny but real htdemucs (random
+    weights) under the file name demucs fetches: AudioCraft's melody conditioner loads it
+    offline. Built once, then cached by scripts/tiny_demucs.py."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_demucs.py")],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"building the tiny htdemucs failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def real_xps() -> dict:
     """XPs written by audiocraft's own training entry point (`dora run` on CPU): an EnCodec
     XP, MusicGen (with epoch checkpoints), MusicGen with EMA, AudioGen (and its 16 kHz
     EnCodec), MAGNeT, and the layout transformers can represent: `musicgen_t5` and
     `audiogen_t5` (T5 `t5-small` from the tiny T5, delay pattern, card 512) on `encodec512`
-    and `encodec16_512`. Trained once, then cached by scripts/train_fixtures.py."""
+    and `encodec16_512`; `musicgen_stereo` (interleaved codebooks over `encodec16_512`) and
+    `musicgen_melody` (chroma2music: chroma of the tiny htdemucs' stems and T5). Trained
+    once, then cached by scripts/train_fixtures.py."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fixtures.py")],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:

@@ -118,6 +118,8 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
     check_architecture(family, cfg, selection.state, str(source.path))
     compression = _shipped_compression(family, spec, cfg, source, selection)
     _refuse_unloadable(family, cfg, spec, full=compression is not None)
+    if spec.validate.level is not ValidateLevel.none:
+        _check_melody_needs(cfg)
     if compression is not None and compression.state is not None:  # the EnCodec beside it
         check_encodec_architecture(cfg_of_yaml(compression.package.get("xp.cfg")),
                                    compression.state, str(compression.source))
@@ -154,6 +156,38 @@ def _refuse_unloadable(family: Family, cfg: DictConfig, spec: ExportConfig, full
         raise ExportError(f"{refusal}; {setting('validate', 'load')} exports it without the "
                           "get_pretrained check")
     logger.warning("%s", refusal)
+
+
+# demucs' htdemucs, which AudioCraft's melody conditioner separates its melody prompt with
+# (demucs/remote/files.txt); torch.hub reads it from its cache before any download
+HTDEMUCS_FILE = "955717e8-8726e21a.th"
+
+
+def _check_melody_needs(cfg: DictConfig) -> None:
+    """A MusicGen-melody (a chroma_stem conditioner) is built by validation only with demucs
+    and its htdemucs weights: without demucs, refused before anything is written; without the
+    weights in torch.hub's cache, said once (audiocraft downloads them on first use)."""
+    conditioners = raw_value(cfg, "conditioners")
+    names = [str(n) for n in conditioners] if isinstance(conditioners, DictConfig) else []
+    melody = [n for n in names if raw_value(cfg, f"conditioners.{n}.model") == "chroma_stem"]
+    if not melody:
+        return
+    what = f"its melody conditioner ({shown(melody[0])}: chroma_stem)"
+    try:
+        import demucs  # noqa: F401  (whether it is installed: audiocraft imports it to build)
+    except ImportError as exc:
+        raise ExportError(
+            f"validation builds this MusicGen-melody, and {what} separates the melody with "
+            "demucs, which is not installed here: pip install 'audiocraft-ext[melody]' "
+            f"(demucs 4.0.1), or use {setting('validate', 'none')}, the one level that does "
+            "not build the model") from exc
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / HTDEMUCS_FILE
+    if not weights.is_file():
+        logger.warning(
+            "%s needs demucs' htdemucs weights, which are not in torch.hub's cache (%s, under "
+            "TORCH_HOME): audiocraft downloads them from dl.fbaipublicfiles.com when "
+            "validation builds the model; offline, put the file there or use %s", what,
+            weights, setting("validate", "none"))
 
 
 def _shipped_compression(family: Family, spec: ExportConfig, cfg: DictConfig,

@@ -3,7 +3,9 @@ comparisons, generation, and transformers' equivalence proof."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,14 @@ class Validated:
 
 
 def validate_plan(plan: ReleasePlan, staging: Path, written: Written) -> Validated:
-    """Prove the release staged in ``staging``; raise ExportError on failure."""
+    """Prove the release staged in ``staging``; raise ExportError on failure. What the
+    libraries print meanwhile (torch.hub's "Downloading: ..." of demucs' weights, ...) goes
+    to stderr: stdout is the release path's alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _validated(plan, staging, written)
+
+
+def _validated(plan: ReleasePlan, staging: Path, written: Written) -> Validated:
     settings = plan.spec.validate
     clips: list[Clip] = []
     if plan.family.is_lm:

@@ -197,7 +197,8 @@ def _samples_section(m: Manifest) -> str:
     lines = ["## Listen\n", *_made_with(m.samples[0].get("generation")), ""]
     for s in m.samples:
         what = (code(s["description"]) if s["name"] == "text"
-                else s["description"] or "no conditioning")
+                else f"{code(s['description'])} with the melody of **melody_prompt**"
+                if s["name"] == "melody" else s["description"] or "no conditioning")
         clipped = s.get("clipped_samples")
         lines += [f"**{s['name']}**: {what} ({s['seconds']:g} s, {s['sample_rate']} Hz"
                   + (f"; {clipped:,} samples clipped by the normalisation" if clipped else "")
@@ -276,11 +277,18 @@ def _usage_section(m: Manifest, is_lm: bool) -> str:
             f"              max_duration={family.max_duration:g})"]
     else:
         loading = [f"model = {cls}.get_pretrained({literal(folder)})  # this folder"]
+    melody = next((s["audio"] for s in m.samples if s["name"] == "melody_prompt"), None)
+    with_melody = [  # MusicGen-melody: text and the melody of an audio file
+        "# and with a melody (here the one its samples were made with):",
+        f"melody, sample_rate = audio_read({literal(f'{folder}/{melody}')})",
+        f"wav = model.generate_with_chroma([{prompt}], melody[None], sample_rate)",
+    ] if melody and prompt else []
     snippet = [*(["import torch"] if generation else []),
-               f"from audiocraft.models import {cls}" + (", loaders" if short else ""), "",
+               f"from audiocraft.models import {cls}" + (", loaders" if short else ""),
+               *(["from audiocraft.data.audio import audio_read"] if with_melody else []), "",
                *loading, *settings,
                f"wav = model.generate([{prompt}])" if prompt else
-               "wav = model.generate_unconditional(1)"]
+               "wav = model.generate_unconditional(1)", *with_melody]
     return "\n".join(["## Use it\n", "With AudioCraft installed:", "",
                       *fenced(snippet, "python"), ""])
 

@@ -188,6 +188,21 @@ def audio_defaults() -> dict[str, Any]:
     return signature_defaults(audio_write)
 
 
+# The melody a MusicGen-melody is validated with: C4, E4, G4, C5 as sine tones, in turn.
+MELODY_NOTES_HZ = (261.63, 329.63, 392.0, 523.25)
+MELODY_DESCRIPTION = "the melody prompt: C4, E4, G4, C5 as sine tones, in turn"
+
+
+def melody_prompt(sample_rate: int, seconds: float) -> torch.Tensor:
+    """[1, samples] of :data:`MELODY_NOTES_HZ`, each a quarter of ``seconds``."""
+    total = int(seconds * sample_rate)
+    t = torch.arange(total, dtype=torch.float32) / sample_rate
+    note = torch.clamp((torch.arange(total) * len(MELODY_NOTES_HZ)) // max(total, 1),
+                       max=len(MELODY_NOTES_HZ) - 1)
+    freqs = torch.tensor(MELODY_NOTES_HZ)[note]
+    return (0.5 * torch.sin(2 * torch.pi * freqs * t))[None]
+
+
 def _generate(model: Any, lm_cfg: DictConfig, settings: ValidateConfig, clips: list[Clip],
               entry: Check) -> None:
     generation = model_generation(model, lm_cfg, settings)
@@ -200,6 +215,11 @@ def _generate(model: Any, lm_cfg: DictConfig, settings: ValidateConfig, clips: l
         "unconditional": lambda: model.generate_unconditional(1, progress=True)}
     if model.lm.condition_provider.text_conditions:
         prompts["text"] = lambda: model.generate([settings.description], progress=True)
+    if "self_wav" in model.lm.condition_provider.conditioners:  # MusicGen-melody
+        melody = melody_prompt(model.sample_rate, model.duration)
+        clips.append(Clip("melody_prompt", melody, model.sample_rate, MELODY_DESCRIPTION))
+        prompts["melody"] = lambda: model.generate_with_chroma(
+            [settings.description], melody[None], model.sample_rate, progress=True)
     shapes = {}
     for name, run in prompts.items():
         logger.info("generating %g s of audio (%s)", model.duration, name)
@@ -219,6 +239,7 @@ def _generate(model: Any, lm_cfg: DictConfig, settings: ValidateConfig, clips: l
             raise ExportError(f"{name} generation produced non-finite samples")
         shapes[name] = list(wav.shape)
         clips.append(Clip(name, wav[0], model.sample_rate,
-                          settings.description if name == "text" else None, generation))
+                          settings.description if name in ("text", "melody") else None,
+                          generation))
     entry.sample_rate, entry.frame_rate = model.sample_rate, float(model.frame_rate)
     entry.duration, entry.shapes = model.duration, shapes

@@ -65,12 +65,16 @@ def load_pretrained(load: Callable[[], Any], pretrained: str | None) -> Any:
 
 @contextmanager
 def text_encoder_explained(lm_cfg: DictConfig) -> Iterator[None]:
-    """Explain a check that failed because the LM's T5 text encoder, which audiocraft builds
-    with the LM, could not be loaded here (offline, not in the cache)."""
+    """Explain a check that failed because the LM's T5 text encoder or its melody
+    conditioner's demucs weights, which audiocraft loads with the LM, could not be loaded here
+    (offline, not in the cache)."""
     try:
         yield
     except ExportError as exc:
         cause = exc.__cause__
+        melody = _melody_weights_missing(cause)
+        if melody:
+            raise ExportError(melody) from exc
         t5 = _t5_conditioners(lm_cfg)
         # transformers says "cannot load" with an OSError (on 4.x without its cause)
         from audiocraft.modules.conditioners import T5Conditioner
@@ -86,6 +90,26 @@ def text_encoder_explained(lm_cfg: DictConfig) -> Iterator[None]:
             "or a local cache (HF_HOME; HF_HUB_OFFLINE=1 reads only the cache): run where "
             "either holds it, or use validate=none, the one level that does "
             "not build the LM") from exc
+
+
+def _melody_weights_missing(cause: BaseException | None) -> str | None:
+    """What to say when the melody conditioner could not get demucs' htdemucs weights."""
+    if cause is None:
+        return None
+    from audiocraft.modules.conditioners import ChromaStemConditioner
+
+    if not _raised_in(cause, ChromaStemConditioner.__init__.__code__) \
+            or not (isinstance(cause, OSError) or from_the_network(cause)):
+        return None
+    import torch
+
+    cache = f"{torch.hub.get_dir()}/checkpoints"
+    return (f"validation cannot build the LM: its melody conditioner (chroma_stem) needs "
+            f"demucs' htdemucs weights, which torch.hub found neither in its cache ({cache}, "
+            f"under TORCH_HOME) nor could download ({type(cause).__name__}); they come from "
+            "dl.fbaipublicfiles.com on first use: run where it is reachable or put the file in "
+            f"that cache, or use {setting('validate', 'none')}, the one level that does not "
+            "build the model")
 
 
 def _t5_conditioners(lm_cfg: DictConfig) -> dict[str, str]:

@@ -41,7 +41,7 @@ TRANSFORMERS_FILES = frozenset(TRANSFORMERS_MODEL_FILES + TOKENIZER_FILES)
 RELEASE_FILES = RELEASE_FILES | TRANSFORMERS_FILES
 SAMPLES_DIR = "samples"
 # The clips a release may keep: generated (LMs) or encoded and decoded (EnCodec).
-CLIP_NAMES = ("unconditional", "text", "input", "reconstruction")
+CLIP_NAMES = ("unconditional", "text", "melody_prompt", "melody", "input", "reconstruction")
 SAMPLE_FILES = frozenset(f"{name}.{ext}" for name in CLIP_NAMES for ext in ("wav", "png"))
 
 
