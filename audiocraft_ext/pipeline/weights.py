@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from ..config import (
     AutoCompression,
@@ -28,7 +30,7 @@ from ..config import (
     StateChoice,
     StateConfig,
 )
-from ..errors import ExportError, setting, shown
+from ..errors import ExportError, first_line, setting, shown
 from ..families import family_of
 from ..reporting.manifest import WeightsRecord
 from ..reporting.model_facts import cfg_of_yaml
@@ -117,7 +119,11 @@ def _release_base(given: str, folder: Path, kind: str, trust: bool) -> Base:
     if not lm_file.is_file():
         raise ExportError(f"{setting('input.base', given)}: {folder} has no {LM_FILE}")
     pkg = load_solver_checkpoint(lm_file, trust=trust)
-    cfg = cfg_of_yaml(pkg.get("xp.cfg")) if pkg.get("exported") is True else None
+    try:
+        cfg = cfg_of_yaml(pkg.get("xp.cfg")) if pkg.get("exported") is True else None
+    except (ValueError, YAMLError, OmegaConfBaseException) as exc:
+        raise ExportError(f"{lm_file}: its xp.cfg is not readable YAML "
+                          f"({first_line(exc)})") from exc
     state = pkg.get("best_state")
     if cfg is None or not isinstance(state, dict):
         raise ExportError(f"{lm_file} is not a release file (best_state, xp.cfg as YAML "
