@@ -100,9 +100,86 @@ def test_a_real_melody_xp_is_validated_with_a_melody(real_xps, tiny_t5_home, tin
     assert proc.stdout.strip().splitlines()[-1] == "(1, 1)"
 
 
-def test_transformers_format_of_a_melody_xp_is_refused_in_one_line(refused, real_xps, tmp_path):
-    refused(tmp_path, *input_args(real_xps["xps"]["musicgen_melody"]["checkpoint"]),
-            "output.transformers=true",
+# A user of the folder with transformers, offline: the processor computes the chroma of a
+# melody given as audio (transformers runs no demucs); generation in both libraries.
+LOAD_BOTH = """
+import sys, torch, transformers, audiocraft.models
+folder = sys.argv[1]
+model = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(folder)
+processor = transformers.AutoProcessor.from_pretrained(folder)
+sr = processor.feature_extractor.sampling_rate
+t = torch.arange(sr) / sr
+melody = 0.5 * torch.sin(2 * torch.pi * 440.0 * t)
+inputs = processor(text=["a test"], audio=melody[None], sampling_rate=sr, return_tensors="pt")
+audio = model.generate(**inputs, do_sample=False, max_new_tokens=12)
+ours = audiocraft.models.MusicGen.get_pretrained(folder, device="cpu")
+ours.set_generation_params(duration=0.2)
+wav = ours.generate_with_chroma(["a test"], melody[None, None], sr)
+print(type(processor).__name__, tuple(audio.shape[:2]), tuple(wav.shape[:2]))
+"""
+
+
+def test_a_real_melody_xp_in_transformers_format(real_xps, tiny_t5_home, tiny_demucs_home,
+                                                 tmp_path):
+    """MusicgenMelodyForConditionalGeneration, proven through both stacks' own conditioning
+    (transformers given the stems AudioCraft's conditioner separated), and back to the same
+    weights through input=weights."""
+    from audiocraft_ext import export_release
+    from tests.support.helpers import assert_same_state, release_state
+
+    env = app_env(HF_HOME=str(tiny_t5_home), TORCH_HOME=str(tiny_demucs_home), **OFFLINE)
+    out = tmp_path / "release"
+    run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps']['musicgen_melody']['sig']}", "validate.duration=0.5",
+            "output.transformers=true", f"output.dir={out}", f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path, env=env, check=True)
+    manifest = json.loads((out / "export.json").read_text())
+    hf = manifest["transformers"]
+    assert hf["model_class"] == "MusicgenMelodyForConditionalGeneration"
+    proof = hf["proof"]
+    assert proof["lm_logits_max_abs_diff"] <= 1e-4
+    assert proof["chroma_identical_frames"] == proof["chroma_frames"] > 0
+    frames = proof["greedy_frames"]
+    for run in ("", "_no_guidance", "_other_text", "_other_melody"):
+        assert proof[f"greedy_identical_frames{run}"] == frames > 0, run
+    assert proof["other_text_changes_codes"] is True
+    assert proof["other_melody_changes_codes"] is True
+    config = json.loads((out / "preprocessor_config.json").read_text())
+    assert (config["processor_class"], config["n_fft"], config["hop_length"]) == (
+        "MusicgenMelodyProcessor", 16384, 4096)
+    assert json.loads((out / "config.json").read_text())["chroma_length"] == 235  # 30 s
+    proc = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(out)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[0] == "MusicgenMelodyProcessor (1, 1) (1, 1)"
+    # transformers' half alone, back over the release: the same weights
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((out / name).read_bytes())
+    back = tmp_path / "back"
+    export_release(folder, back, base=out, validate="none", samples=False)
+    lm = release_state(out / "state_dict.bin")
+    assert_same_state({k: v.to(lm[k].dtype) for k, v in release_state(
+        back / "state_dict.bin").items()}, lm)
+
+
+def _melody_layout(argmax: bool):
+    def edit(pkg: dict) -> None:
+        _with_melody_conditioner(pkg)
+        with open_dict(pkg["xp.cfg"]):
+            cfg = pkg["xp.cfg"]
+            cfg.conditioners.self_wav.chroma_stem.argmax = argmax
+            cfg.conditioners.description = OmegaConf.create(
+                {"model": "t5", "t5": {"name": "t5-small", "finetune": False,
+                                      "word_dropout": 0.0, "normalize_text": False}})
+            cfg.fuser.prepend, cfg.fuser.cross = ["self_wav", "description"], []
+    return edit
+
+
+def test_a_melody_layout_transformers_cannot_hold_is_refused(refused, musicgen_ckpt, tmp_path):
+    path = checkpoint_copy(tmp_path / "src", musicgen_ckpt, _melody_layout(argmax=False))
+    refused(tmp_path, *input_args(path), "output.transformers=true",
             message=r"cannot add transformers' format \(output\.transformers=true\): .*"
-                    r"conditioners \['self_wav', 'description'\]: transformers' Musicgen has "
-                    r"exactly one text encoder")
+                    r"conditioners\.self_wav\.chroma_stem\.argmax is not true: transformers' "
+                    r"feature extractor keeps the strongest chroma bin")

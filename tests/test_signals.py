@@ -45,6 +45,25 @@ def test_a_signal_mid_export_removes_staging_and_lock(tmp_path, musicgen_ckpt, s
     assert sorted(p.name for p in dest.parent.iterdir()) == []  # no staging, lock or release
 
 
+def test_a_stop_whose_raise_was_swallowed_still_publishes_nothing(tmp_path):
+    """A signal's exception raised inside a weakref callback or __del__ is ignored by Python
+    ("Exception ignored in ..."), and the export goes on: the publication refuses anyway."""
+    from audiocraft_ext.app.cli import Interrupted
+    from audiocraft_ext.writing.publish import clear_stop, request_stop, staged_release
+
+    dest = tmp_path / "release"
+    request_stop(Interrupted(signal.SIGTERM))
+    try:
+        with pytest.raises(Interrupted), staged_release(dest) as staging:
+            (staging / "state_dict.bin").write_bytes(b"x")
+    finally:
+        clear_stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no release, staging or lock
+    with staged_release(dest) as staging:  # cleared: the next export publishes
+        (staging / "state_dict.bin").write_bytes(b"x")
+    assert (dest / "state_dict.bin").is_file()
+
+
 @pytest.mark.slow  # two app processes
 def test_a_signal_during_an_overwrite_keeps_the_previous_release(tmp_path, musicgen_ckpt):
     from audiocraft_ext import export_release

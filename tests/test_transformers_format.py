@@ -151,7 +151,7 @@ LM_REFUSALS = [  # (dotted key, value that transformers' Musicgen cannot represe
     ("lm_model", "transformer_lm_magnet", "lm_model 'transformer_lm_magnet'"),
     ("channels", 2, "channels 2: transformers' Musicgen holds mono or stereo with interleaved"),
     ("conditioners.description.model", "lut", "is 'lut': only T5 maps"),
-    ("conditioners.description.model", "chroma_stem", "melody/chroma has its own"),
+    ("conditioners.description.model", "chroma_stem", "a melody conditioner with T5 text maps"),
     ("conditioners.description.model", "clap", "is 'clap'"),
     ("conditioners.description.t5.finetune", True, "a fine-tuned T5"),
     ("fuser.prepend", ["description"], "fuser.prepend is not empty"),

@@ -147,18 +147,23 @@ def _signals_end_the_run() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from ..writing.publish import clear_stop, request_stop  # after torch's import, like the job
 
     def stop(signum: int, frame: object) -> None:
         for name in STOPPING_SIGNALS:
             signal.signal(name, signal.SIG_IGN)
-        raise Interrupted(signum)
+        interrupted = Interrupted(signum)
+        request_stop(interrupted)  # publication refuses even if this raise is swallowed
+        raise interrupted
 
+    clear_stop()
     previous = {name: signal.signal(name, stop) for name in STOPPING_SIGNALS}
     try:
         yield
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
+        clear_stop()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")

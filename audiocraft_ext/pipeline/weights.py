@@ -251,10 +251,12 @@ def _fit_adapter(weights: WeightsFile, base: Base, base_encodec: StateDict,
 
 def _fit_transformers(state: Mapping[str, TensorLike], path: Path, base: Base,
                       base_encodec: StateDict, base_folder: Path | None) -> Fitted:
+    from ..transformers_format.mapping import projection_modules
     from ..transformers_format.reverse import audiocraft_states, with_decoder_prefix
 
     try:
-        unmapped = audiocraft_states(with_decoder_prefix(state), base.state, base_encodec)
+        unmapped = audiocraft_states(with_decoder_prefix(state), base.state, base_encodec,
+                                     projection_modules(base.cfg))
     except ValueError as exc:  # a base key transformers' format has no place for
         raise ExportError(f"{path} holds transformers' weights, but the base {base.given} is "
                           f"not a model transformers' Musicgen represents ({exc})") from exc

@@ -311,24 +311,35 @@ def _transformers_section(m: Manifest) -> str:
                       f"differs by at most {proof['encodec_decode_max_abs_diff']:.2g}, encoding "
                       f"gives {proof['encodec_encode_identical_codes']:.0%} identical codes.", ""]
         return "\n".join(lines)
+    cls = hf["model_class"]
+    melody = cls == "MusicgenMelodyForConditionalGeneration"
     lines = ["## Use it with 🤗 transformers\n",
-             "This folder is also a `MusicgenForConditionalGeneration` (text encoder "
-             f"{code(hf['text_encoder'])}):", "", "```python",
-             "from transformers import AutoProcessor, MusicgenForConditionalGeneration", "",
+             f"This folder is also a `{cls}` (text encoder {code(hf['text_encoder'])}):", "",
+             "```python", f"from transformers import AutoProcessor, {cls}", "",
              f"processor = AutoProcessor.from_pretrained({literal(folder)})",
-             f"model = MusicgenForConditionalGeneration.from_pretrained({literal(folder)})",
-             'inputs = processor(text=["warm lo-fi piano with soft drums"], '
-             'return_tensors="pt")',
+             f"model = {cls}.from_pretrained({literal(folder)})",
+             *(["# a melody: [samples] at the model's rate (or demucs' stems, [batch, stems, "
+                "channels, samples]); transformers runs no demucs itself",
+                "melody, sample_rate = ...",
+                'inputs = processor(text=["warm lo-fi piano with soft drums"], audio=melody, '
+                'sampling_rate=sample_rate,',
+                '                   return_tensors="pt")'] if melody else
+               ['inputs = processor(text=["warm lo-fi piano with soft drums"], '
+                'return_tensors="pt")']),
              "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
     if proof:
         lines += [
             "Proven equal to AudioCraft's model when exported (float32): decoder logits differ "
             f"by at most {proof['lm_logits_max_abs_diff']:.2g}, EnCodec decoding by "
             f"{proof['encodec_decode_max_abs_diff']:.2g}, encoding gives "
-            f"{proof['encodec_encode_identical_codes']:.0%} identical codes, and greedy "
-            f"decoding {proof['greedy_identical_frames']} of {proof['greedy_frames']} "
-            "identical frames" + _greedy_runs(proof) + "; `pipeline(\"text-to-audio\")` "
-            f"produces audio at {proof['pipeline_sampling_rate']} Hz"
+            f"{proof['encodec_encode_identical_codes']:.0%} identical codes, "
+            + (f"the chroma of the same demucs stems {proof['chroma_identical_frames']} of "
+               f"{proof['chroma_frames']} identical frames, " if melody else "")
+            + f"and greedy decoding {proof['greedy_identical_frames']} of "
+            f"{proof['greedy_frames']} identical frames" + _greedy_runs(proof)
+            + (f"; `pipeline(\"text-to-audio\")` produces audio at "
+               f"{proof['pipeline_sampling_rate']} Hz" if "pipeline_sampling_rate" in proof
+               else "")
             + (f" (transformers {proof['transformers_version']})"
                if proof.get("transformers_version") else "") + ".", ""]
     return "\n".join(lines)
@@ -344,7 +355,10 @@ def _greedy_runs(proof: Mapping[str, Any]) -> str:
             f"{proof['greedy_identical_frames_other_text']} of {frames} for another text, "
             "which changes the codes of both ("
             + ("so neither drops its conditioning" if proof["other_text_changes_codes"]
-               else "it did not") + ")")
+               else "it did not") + ")"
+            + (f", {proof['greedy_identical_frames_other_melody']} of {frames} for another "
+               "melody, which changes them too" if proof.get("other_melody_changes_codes")
+               else ""))
 
 
 def _finetune_section(m: Manifest, is_lm: bool) -> str:

@@ -219,3 +219,162 @@ def prove(lm_cfg: Any, compression_cfg: Any, lm_state: Mapping[str, Any],
     return {**encodec_figures(compression_model, model.audio_encoder,
                               decoder_kwargs["num_codebooks"] // decoder_kwargs["audio_channels"]),
             **lm_figures(lm, model, attribute, coef, frames=frames)}
+
+
+# Two texts and, besides the validation prompt, melodies to change the conditioning with: the
+# first whose chroma (as AudioCraft computes it) differs from the prompt's is used
+TEXTS = ("warm lo-fi piano with soft drums", "dark techno with heavy bass")
+OTHER_MELODIES_HZ = ((880.0, 110.0), (293.66, 369.99, 440.0, 493.88), (196.0, 246.94, 293.66))
+
+
+def melody_figures(lm: Any, model: Any, processor: Any, chroma: str, text: str,
+                   cfg_coef: float, sample_rate: int, frames: int = 20,
+                   text_tokens: int = 8, seed: int = 0) -> dict[str, Any]:
+    """A MusicGen-melody against transformers' ``MusicgenMelodyForConditionalGeneration``:
+    the chroma of the same demucs stems (AudioCraft's conditioner separates them; transformers'
+    feature extractor does not run demucs, it is given them), logits on the same codes, text
+    and melody, then greedy decoding through both stacks' own conditioning (AudioCraft's
+    condition provider; transformers' processor): with the XP's guidance, without, for another
+    text and for another melody, each of which must change the codes of both."""
+
+    from ..validation.lm import melody_prompt
+
+    conditioner = lm.condition_provider.conditioners[chroma]
+    # as MusicGen.get_pretrained sets them (loaders.load_lm_model does not)
+    conditioner.match_len_on_eval, conditioner._use_masking = True, False
+    seconds = 2.0
+    melody = melody_prompt(sample_rate, seconds)
+    with torch.no_grad(), _same_stems(conditioner):
+        stems = conditioner._get_stemmed_wav(melody[None], sample_rate)
+        ours_chroma = conditioner._extract_chroma(stems)
+        theirs_chroma = processor.feature_extractor(
+            stems[:, 0], sampling_rate=sample_rate, return_tensors="pt").input_features
+        frames_compared = min(ours_chroma.shape[1], theirs_chroma.shape[1])
+        chroma_identical = int((ours_chroma[:, :frames_compared]
+                                == theirs_chroma[:, :frames_compared]).all(-1).sum())
+        logits_diff = _melody_logits_diff(lm, model, conditioner, chroma, text, melody,
+                                          theirs_chroma, sample_rate, frames, text_tokens, seed)
+        other = next((m for m in (_tones(hz, sample_rate, seconds) for hz in OTHER_MELODIES_HZ)
+                      if not torch.equal(conditioner._extract_chroma(
+                          conditioner._get_stemmed_wav(m[None], sample_rate)), ours_chroma)),
+                     None)
+        runs = {"guided": (TEXTS[0], melody, cfg_coef), "no_guidance": (TEXTS[0], melody, 1.0),
+                "other_text": (TEXTS[1], melody, cfg_coef)}
+        if other is not None:
+            runs["other_melody"] = (TEXTS[0], other, cfg_coef)
+        codes = {name: _melody_greedy(lm, model, processor, conditioner, chroma, text, prompt,
+                                      wav, coef, sample_rate, frames)
+                 for name, (prompt, wav, coef) in runs.items()}
+    figures: dict[str, Any] = {
+        "chroma_frames": frames_compared, "chroma_identical_frames": chroma_identical,
+        "lm_logits_max_abs_diff": logits_diff, "greedy_frames": frames,
+        "greedy_guidance_scale": cfg_coef,
+        "greedy_identical_frames": _identical_frames(*codes["guided"]),
+        "greedy_identical_frames_no_guidance": _identical_frames(*codes["no_guidance"]),
+        "greedy_identical_frames_other_text": _identical_frames(*codes["other_text"]),
+        "other_text_changes_codes": _changed(codes["guided"], codes["other_text"])}
+    if "other_melody" in codes:
+        figures.update({
+            "greedy_identical_frames_other_melody": _identical_frames(*codes["other_melody"]),
+            "other_melody_changes_codes": _changed(codes["guided"], codes["other_melody"])})
+    return figures
+
+
+@contextmanager
+def _same_stems(conditioner: Any) -> Iterator[None]:
+    """demucs separates with a random time shift: within the block, the conditioner separates
+    each melody once, alone, so that AudioCraft's own conditioning (a batch of the melody and
+    classifier-free guidance's null one) and what transformers is given
+    (``conditioner._get_stemmed_wav(melody[None])``) are the same stems."""
+    separated: list[tuple[torch.Tensor, torch.Tensor]] = []
+    separate = conditioner._get_stemmed_wav
+
+    def one(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        for seen, stems in separated:
+            if seen.shape == wav.shape and torch.equal(seen, wav):
+                return stems
+        stems = separate(wav, sample_rate)
+        separated.append((wav.clone(), stems))
+        return stems
+
+    def once(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        return torch.cat([one(item[None], sample_rate) for item in wav])
+
+    conditioner._get_stemmed_wav = once
+    try:
+        yield
+    finally:
+        del conditioner._get_stemmed_wav  # the instance attribute; the method shows again
+
+
+def _changed(first: tuple[torch.Tensor, torch.Tensor | None],
+             second: tuple[torch.Tensor, torch.Tensor | None]) -> bool:
+    """Whether both stacks' codes differ between two runs."""
+    (ours_a, theirs_a), (ours_b, theirs_b) = first, second
+    return not torch.equal(ours_a, ours_b) and theirs_a is not None \
+        and theirs_b is not None and not torch.equal(theirs_a, theirs_b)
+
+
+def _tones(freqs_hz: tuple[float, ...], sample_rate: int, seconds: float) -> torch.Tensor:
+    """[1, samples]: each frequency in turn, as sine tones."""
+    total = int(seconds * sample_rate)
+    t = torch.arange(total, dtype=torch.float32) / sample_rate
+    note = torch.clamp(torch.arange(total) * len(freqs_hz) // total, max=len(freqs_hz) - 1)
+    return (0.5 * torch.sin(2 * torch.pi * torch.tensor(freqs_hz)[note] * t))[None]
+
+
+def _wav_condition(wav: torch.Tensor, sample_rate: int) -> Any:
+    from audiocraft.modules.conditioners import WavCondition
+
+    return WavCondition(wav[None], torch.tensor([wav.shape[-1]]), sample_rate=[sample_rate],
+                        path=[None], seek_time=[0.0])
+
+
+def _melody_logits_diff(lm: Any, model: Any, conditioner: Any, chroma: str, text: str,
+                        melody: torch.Tensor, input_features: torch.Tensor, sample_rate: int,
+                        frames: int, text_tokens: int, seed: int) -> float:
+    """Logits of both on the same codes, text (transformers' T5 states) and melody."""
+    generator = torch.Generator().manual_seed(seed)
+    decoder = model.decoder.config
+    card, n_q = decoder.vocab_size, decoder.num_codebooks
+    input_ids = torch.randint(1, model.text_encoder.config.vocab_size, (1, text_tokens),
+                              generator=generator)
+    mask = torch.ones_like(input_ids)
+    sequence = torch.randint(0, card + 1, (1, n_q, frames), generator=generator)
+    hidden = model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    text_condition = _cross_condition(lm, text, hidden, mask)
+    melody_condition = conditioner(conditioner.tokenize(_wav_condition(melody, sample_rate)))
+    # the condition provider's order (text, then wav): the fuser prepends the wav's first
+    ours = lm(sequence, [], {text: text_condition, chroma: melody_condition})
+    theirs = model(input_ids=input_ids, attention_mask=mask, input_features=input_features,
+                   decoder_input_ids=sequence.reshape(n_q, frames)).logits
+    # transformers' logits cover the prepended conditions too: the codes' are the last
+    theirs = theirs.reshape(1, n_q, -1, card)[:, :, -frames:]
+    return float((ours - theirs).abs().max())
+
+
+def _melody_greedy(lm: Any, model: Any, processor: Any, conditioner: Any, chroma: str,
+                   text: str, prompt: str, wav: torch.Tensor, cfg_coef: float,
+                   sample_rate: int, frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Greedy codes of both for ``prompt`` and the melody ``wav``, each conditioned its own
+    way; transformers is given the stems AudioCraft's conditioner separated."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+
+    decoder = model.decoder.config
+    card = decoder.vocab_size
+    attributes = ConditioningAttributes(text={text: prompt},
+                                        wav={chroma: _wav_condition(wav, sample_rate)})
+    ours = lm.generate(conditions=[attributes], max_gen_len=frames, use_sampling=False,
+                       cfg_coef=cfg_coef, two_step_cfg=False)
+    stems = conditioner._get_stemmed_wav(wav[None], sample_rate)
+    features = processor.feature_extractor(stems[:, 0], sampling_rate=sample_rate,
+                                           return_tensors="pt").input_features
+    tokens = processor.tokenizer([prompt], return_tensors="pt")
+    with _codes_captured(model) as captured:
+        model.generate(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                       input_features=features, do_sample=False, guidance_scale=cfg_coef,
+                       max_new_tokens=frames + decoder.num_codebooks // decoder.audio_channels
+                       - 1, decoder_start_token_id=card, pad_token_id=card, bos_token_id=card)
+    if len(captured) != decoder.audio_channels:
+        return ours, None
+    return ours, torch.stack([codes[0] for codes in captured], dim=2).flatten(1, 2)

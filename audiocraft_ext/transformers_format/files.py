@@ -31,6 +31,7 @@ from .equivalence import (
     encodec_figures,
     lm_figures,
     load_strictly,
+    melody_figures,
     text_encoder_config,
     write_folder,
 )
@@ -43,6 +44,8 @@ from .mapping import (
     encodec_refusals,
     encodec_state,
     generation_kwargs,
+    melody_attributes,
+    melody_kwargs,
     musicgen_state,
     refusals,
     value,
@@ -50,6 +53,7 @@ from .mapping import (
 from .text_encoder import loaded_text_encoder, save_tokenizer
 
 MODEL_CLASS = "MusicgenForConditionalGeneration"
+MELODY_CLASS = "MusicgenMelodyForConditionalGeneration"
 ENCODEC_CLASS = "EncodecModel"
 # what the proof accepts (float32): transformers computes its position table differently,
 # a rounding difference that grows with the position (~1e-6 at 20 frames)
@@ -141,10 +145,18 @@ def prove_encodec(folder: Path, compression_cfg: DictConfig) -> dict[str, Any]:
     return {"max_abs_diff_allowed": MAX_ABS_DIFF, **figures}
 
 
+def text_attribute(lm_cfg: DictConfig) -> str:
+    """The LM's T5 conditioner (refusals() made sure there is exactly one)."""
+    melody = melody_attributes(lm_cfg)
+    if melody is not None:
+        return melody[1]
+    [attribute] = value(lm_cfg, "fuser.cross")
+    return str(attribute)
+
+
 def t5_name(lm_cfg: DictConfig) -> str:
     """The T5 model the LM's text conditioner was trained with (e.g. ``t5-base``)."""
-    [attribute] = value(lm_cfg, "fuser.cross")  # refusals() made sure there is exactly one
-    return str(value(lm_cfg, f"conditioners.{attribute}.t5.name"))
+    return str(value(lm_cfg, f"conditioners.{text_attribute(lm_cfg)}.t5.name"))
 
 
 def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str, Any],
@@ -159,23 +171,38 @@ def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str
     frames = _segment_frames(lm_cfg, encodec_kwargs)
     decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
     decoder_kwargs["max_position_embeddings"] = max(2048, frames + delay + 1)
+    melody = melody_attributes(lm_cfg) is not None
     with loaded_text_encoder(t5_name(lm_cfg), text_encoder) as t5:
-        config = transformers.MusicgenConfig(
-            text_encoder=text_encoder_config(t5.model),
-            audio_encoder=transformers.EncodecConfig(**encodec_kwargs).to_dict(),
-            decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
+        parts: dict[str, Any] = {
+            "text_encoder": text_encoder_config(t5.model),
+            "audio_encoder": transformers.EncodecConfig(**encodec_kwargs).to_dict()}
+        config: Any  # MusicgenMelodyConfig or MusicgenConfig
+        if melody:  # the chroma prepended: MusicgenMelody's own classes
+            chroma_kwargs, extractor_kwargs = melody_kwargs(lm_cfg)
+            config = transformers.MusicgenMelodyConfig(
+                **parts, **chroma_kwargs,
+                decoder=transformers.MusicgenMelodyDecoderConfig(**decoder_kwargs).to_dict())
+        else:
+            config = transformers.MusicgenConfig(
+                **parts, decoder=transformers.MusicgenDecoderConfig(**decoder_kwargs).to_dict())
         text_state = {k: v.detach().clone().contiguous()
                       for k, v in t5.model.state_dict().items()}
         write_folder(folder, config, musicgen_state(decoder, projection, encodec, text_state))
         # the delay pattern needs `delay` steps beyond the frames of one training segment
         transformers.GenerationConfig(**generation_kwargs(lm_cfg),
                                       max_new_tokens=frames + delay).save_pretrained(folder)
-        transformers.EncodecFeatureExtractor(
-            feature_size=audio_channels(lm_cfg),  # the user's audio: stereo for a stereo LM
-            sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
-        _name_the_processor(folder / "preprocessor_config.json")
+        if melody:  # the chroma of the user's melody (or of demucs' stems they give)
+            transformers.MusicgenMelodyFeatureExtractor(**extractor_kwargs).save_pretrained(
+                folder)
+        else:
+            transformers.EncodecFeatureExtractor(
+                feature_size=audio_channels(lm_cfg),  # the user's audio: stereo for stereo
+                sampling_rate=encodec_kwargs["sampling_rate"]).save_pretrained(folder)
+        _name_the_processor(folder / "preprocessor_config.json",
+                            "MusicgenMelodyProcessor" if melody else "MusicgenProcessor")
         save_tokenizer(t5, folder)
-    return {"model_class": MODEL_CLASS, "text_encoder": t5.origin, "files": _fsynced(folder)}
+    return {"model_class": MELODY_CLASS if melody else MODEL_CLASS, "text_encoder": t5.origin,
+            "files": _fsynced(folder)}
 
 
 def _segment_frames(lm_cfg: DictConfig, encodec_kwargs: Mapping[str, Any]) -> int:
@@ -196,11 +223,11 @@ def _segment_frames(lm_cfg: DictConfig, encodec_kwargs: Mapping[str, Any]) -> in
     return int(frames)
 
 
-def _name_the_processor(path: Path) -> None:
-    """The Hub's layout: AutoProcessor finds MusicgenProcessor through the feature extractor's
-    file (5.x's processor_config.json would break 4.44)."""
+def _name_the_processor(path: Path, processor_class: str) -> None:
+    """The Hub's layout: AutoProcessor finds the processor class through the feature
+    extractor's file (5.x's processor_config.json would break 4.44)."""
     content = json.loads(path.read_text())
-    content["processor_class"] = "MusicgenProcessor"
+    content["processor_class"] = processor_class
     write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", path)
 
 
@@ -208,30 +235,39 @@ def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any,
                    compression_model: Any) -> dict[str, Any]:
     """Load the folder with transformers and compare it with AudioCraft's ``lm`` and
     ``compression_model`` (built from the same release): decoder logits, EnCodec decoding and
-    encoding, greedy decoding, and the text-to-audio pipeline. Raises ExportError when they
+    encoding, greedy decoding (with and without guidance, for other conditions, which must
+    change both stacks' codes), and the text-to-audio pipeline. Raises ExportError when they
     differ."""
     import transformers
 
-    model = _loaded(transformers.MusicgenForConditionalGeneration, folder)
-    transformers.AutoProcessor.from_pretrained(folder)
+    melody = melody_attributes(lm_cfg)
+    model = _loaded(transformers.MusicgenMelodyForConditionalGeneration if melody
+                    else transformers.MusicgenForConditionalGeneration, folder)
+    processor = transformers.AutoProcessor.from_pretrained(folder)
     # the EnCodec codes each audio channel with the LM's codebooks of that channel
     n_q = model.decoder.config.num_codebooks // model.decoder.config.audio_channels
-    [attribute] = value(lm_cfg, "fuser.cross")
     coef = float(value(lm_cfg, "classifier_free_guidance.inference_coef"))
-    figures: dict[str, Any] = {
-        **encodec_figures(compression_model, model.audio_encoder, n_q),
-        **lm_figures(lm, model, attribute, coef, frames=PROOF_FRAMES)}
+    figures: dict[str, Any] = encodec_figures(compression_model, model.audio_encoder, n_q)
+    if melody:
+        figures.update(melody_figures(lm, model, processor, *melody, coef,
+                                      model.config.audio_encoder.sampling_rate,
+                                      frames=PROOF_FRAMES))
+    else:
+        [attribute] = value(lm_cfg, "fuser.cross")
+        figures.update(lm_figures(lm, model, attribute, coef, frames=PROOF_FRAMES))
     problems = [name for name in ("lm_logits_max_abs_diff", "encodec_decode_max_abs_diff")
                 if not figures[name] <= MAX_ABS_DIFF]
     if figures["encodec_encode_identical_codes"] != 1.0:
         problems.append("encodec_encode_identical_codes")
-    problems += [name for name in ("greedy_identical_frames",
-                                   "greedy_identical_frames_no_guidance",
-                                   "greedy_identical_frames_other_text")
-                 if figures[name] != figures["greedy_frames"]]
-    if not figures["other_text_changes_codes"]:  # a stack that ignores its conditioning
-        problems.append("other_text_changes_codes")
-    figures.update(_pipeline_audio(folder, model.config.audio_encoder.sampling_rate))
+    problems += [name for name in figures if name.startswith("greedy_identical_frames")
+                 and figures[name] != figures["greedy_frames"]]
+    # a stack that ignores its conditioning gives the same codes for other conditions
+    problems += [name for name in ("other_text_changes_codes", "other_melody_changes_codes")
+                 if figures.get(name) is False]
+    if figures.get("chroma_identical_frames", 0) != figures.get("chroma_frames", 0):
+        problems.append("chroma_identical_frames")
+    if not melody:  # transformers' text-to-audio pipeline takes no melody
+        figures.update(_pipeline_audio(folder, model.config.audio_encoder.sampling_rate))
     if problems:
         raise ExportError("transformers' model differs from AudioCraft's: " + ", ".join(
             f"{name} {figures[name]}" for name in problems))

@@ -122,17 +122,65 @@ def _lm_refusals(cfg: DictConfig) -> list[str]:
     return reasons + _conditioning_refusals(cfg)
 
 
-def _conditioning_refusals(cfg: DictConfig) -> list[str]:
+def _conditioner_names(cfg: DictConfig) -> list[str]:
     conditioners = raw_value(cfg, "conditioners")
-    names = [str(name) for name in conditioners] if isinstance(conditioners, DictConfig) else []
+    return [str(name) for name in conditioners] if isinstance(conditioners, DictConfig) else []
+
+
+def melody_attributes(cfg: DictConfig) -> tuple[str, str] | None:
+    """``(chroma attribute, text attribute)`` of a MusicGen-melody (a chroma_stem conditioner
+    and a T5 one, AudioCraft's chroma2music), else None."""
+    kinds = {name: value(cfg, f"conditioners.{name}.model") for name in _conditioner_names(cfg)}
+    chroma = [name for name, kind in kinds.items() if kind == "chroma_stem"]
+    text = [name for name, kind in kinds.items() if kind == "t5"]
+    if len(kinds) != 2 or len(chroma) != 1 or len(text) != 1:
+        return None
+    return chroma[0], text[0]
+
+
+def _melody_refusals(cfg: DictConfig, chroma: str, text: str) -> list[str]:
+    """What MusicgenMelodyForConditionalGeneration cannot hold of a MusicGen-melody: it
+    prepends the projected chroma, then the projected text, to the decoder's input."""
+    reasons = []
+    # AudioCraft prepends in the condition provider's order, text then wav: the wav's chroma
+    # ends up first, as transformers has it
+    if value(cfg, "fuser.prepend") not in ([chroma, text], [text, chroma]):
+        reasons.append(f"fuser.prepend is not [{chroma}, {text}]: transformers' "
+                       "MusicgenMelody prepends the melody and the text")
+    for group in ("sum", "cross", "input_interpolate"):
+        if value(cfg, f"fuser.{group}"):
+            reasons.append(f"fuser.{group} is not empty: transformers' MusicgenMelody only "
+                           "prepends")
+    stem = f"conditioners.{chroma}.chroma_stem"
+    if value(cfg, f"{stem}.argmax") is not True:
+        reasons.append(f"{stem}.argmax is not true: transformers' feature extractor keeps the "
+                       "strongest chroma bin")
+    for key in ("n_chroma", "radix2_exp"):
+        if _int(cfg, f"{stem}.{key}") is None:
+            reasons.append(f"{stem}.{key} is not a literal integer")
+    if value(cfg, f"{stem}.sample_rate") != value(cfg, "sample_rate"):
+        reasons.append(f"{stem}.sample_rate differs from the model's sample rate")
+    if value(cfg, f"conditioners.{text}.t5.finetune") is not False:
+        reasons.append(f"conditioner {text!r}: a fine-tuned T5 (its weights are in the LM "
+                       "state) is not mapped")
+    if audio_channels(cfg) != 1:
+        reasons.append("a stereo MusicGen-melody is not mapped yet")
+    return reasons
+
+
+def _conditioning_refusals(cfg: DictConfig) -> list[str]:
+    melody = melody_attributes(cfg)
+    if melody is not None:
+        return _melody_refusals(cfg, *melody)
+    names = _conditioner_names(cfg)
     if len(names) != 1:
         return [f"conditioners {names}: transformers' Musicgen has exactly one text encoder"]
     name = names[0]
     reasons = []
     kind = value(cfg, f"conditioners.{name}.model")
     if kind != "t5":
-        reasons.append(f"conditioner {name!r} is {kind!r}: only T5 maps (melody/chroma has its "
-                       "own transformers class; LUT, CLAP have none)")
+        reasons.append(f"conditioner {name!r} is {kind!r}: only T5 maps (a melody conditioner "
+                       "with T5 text maps to MusicgenMelody; LUT, CLAP have none)")
     elif value(cfg, f"conditioners.{name}.t5.finetune") is not False:
         reasons.append(f"conditioner {name!r}: a fine-tuned T5 (its weights are in the LM "
                        "state) is not mapped")
@@ -276,6 +324,26 @@ def decoder_config_kwargs(lm_cfg: DictConfig, max_positions: int = 2048) -> dict
     }
 
 
+def melody_kwargs(lm_cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(MusicgenMelodyConfig's chroma arguments, MusicgenMelodyFeatureExtractor's
+    arguments)`` of a MusicGen-melody, from its chroma conditioner and training segment."""
+    chroma, _ = melody_attributes(lm_cfg) or ("", "")
+    stem = f"conditioners.{chroma}.chroma_stem"
+    n_chroma, n_fft = _required(lm_cfg, f"{stem}.n_chroma"), 2 ** _required(lm_cfg,
+                                                                             f"{stem}.radix2_exp")
+    sample_rate = _required(lm_cfg, "sample_rate")
+    seconds = value(lm_cfg, "dataset.segment_duration")
+    hop = n_fft // 4  # AudioCraft's ChromaExtractor: winhop = n_fft // 4
+    # frames of one training segment's chroma (a centred STFT): what AudioCraft pads the
+    # melody's chroma to (match_len_on_eval), transformers' chroma_length
+    length = int(sample_rate * float(seconds)) // hop + 1
+    return ({"num_chroma": n_chroma, "chroma_length": length},
+            {"feature_size": n_chroma, "num_chroma": n_chroma, "sampling_rate": sample_rate,
+             "n_fft": n_fft, "hop_length": hop, "chunk_length": math.ceil(float(seconds)),
+             # demucs' stems vocals (3) and other (2), as AudioCraft's conditioner takes them
+             "stem_indices": [3, 2]})
+
+
 def generation_kwargs(lm_cfg: DictConfig) -> dict[str, Any]:
     """``GenerationConfig`` arguments matching audiocraft's defaults for this LM."""
     card = _int(lm_cfg, "transformer_lm.card")
@@ -307,6 +375,9 @@ LM_RULES = [  # audiocraft key pattern -> transformers MusicgenForCausalLM key
 PACKED = re.compile(r"transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.(?:mha\.)?"
                      r"in_proj_weight")
 PROJECTION_KEY = re.compile(r"condition_provider\.conditioners\.(\w+)\.output_proj\.(weight|bias)")
+# the melody conditioner's STFT window: a buffer AudioCraft and transformers both compute
+COMPUTED_LM_KEY = re.compile(r"condition_provider\.conditioners\.\w+\.chroma\.spec\.window")
+TEXT_PROJECTION, MELODY_PROJECTION = "enc_to_dec_proj", "audio_enc_to_dec_proj"
 
 
 State = Mapping[str, "torch.Tensor | LazyTensor"]
@@ -320,14 +391,26 @@ def _tensor(state: State, key: str) -> torch.Tensor:
     return tensor.detach().to(torch.float32).contiguous().clone()
 
 
-def decoder_state(lm_state: State) -> tuple[dict[str, torch.Tensor],
-                                                        dict[str, torch.Tensor]]:
-    """The LM state as ``(MusicgenForCausalLM state, enc_to_dec_proj state)``, float32.
-    Raises ``ValueError`` on a key that has no place (nothing is dropped silently)."""
+def projection_modules(lm_cfg: DictConfig) -> dict[str, str]:
+    """Conditioner attribute -> the transformers module holding its output projection."""
+    melody = melody_attributes(lm_cfg)
+    if melody is None:
+        return {name: TEXT_PROJECTION for name in _conditioner_names(lm_cfg)}
+    return {melody[0]: MELODY_PROJECTION, melody[1]: TEXT_PROJECTION}
+
+
+def decoder_state(lm_state: State, projections: Mapping[str, str] | None = None,
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The LM state as ``(MusicgenForCausalLM state, projections' state)``, float32: each
+    conditioner's output projection under its module of ``projections`` (attribute -> module,
+    :func:`projection_modules`; default ``enc_to_dec_proj``). Raises ``ValueError`` on a key
+    that has no place (nothing is dropped silently)."""
     decoder: dict[str, torch.Tensor] = {}
     projection: dict[str, torch.Tensor] = {}
     for key in lm_state:
         packed, proj = PACKED.fullmatch(key), PROJECTION_KEY.fullmatch(key)
+        if COMPUTED_LM_KEY.fullmatch(key):
+            continue  # a buffer both recompute (the chroma's STFT window)
         if packed:
             # audiocraft packs q, k, v into one [3 * dim, dim] matrix, in that order
             layer = f"model.decoder.layers.{packed.group(1)}." + (
@@ -335,7 +418,8 @@ def decoder_state(lm_state: State) -> tuple[dict[str, torch.Tensor],
             for name, part in zip("qkv", _tensor(lm_state, key).chunk(3, dim=0), strict=True):
                 decoder[f"{layer}.{name}_proj.weight"] = part.contiguous().clone()
         elif proj:
-            projection[proj.group(2)] = _tensor(lm_state, key)
+            module = (projections or {}).get(proj.group(1), TEXT_PROJECTION)
+            projection[f"{module}.{proj.group(2)}"] = _tensor(lm_state, key)
         else:
             decoder[renamed(key, LM_RULES)] = _tensor(lm_state, key)
     return decoder, projection
@@ -388,10 +472,11 @@ def checked_decoder(lm_cfg: DictConfig, compression_cfg: DictConfig,
                     lm_state: State) -> tuple[dict[str, Any],
                                                           dict[str, torch.Tensor],
                                                           dict[str, torch.Tensor]]:
-    """``(MusicgenDecoderConfig kwargs, decoder state, enc_to_dec_proj state)``, refusing what
+    """``(MusicgenDecoderConfig kwargs, decoder state, projections' state)``, refusing what
     cannot be represented."""
     _refuse(lm_cfg, compression_cfg)
-    return (decoder_config_kwargs(lm_cfg), *decoder_state(lm_state))
+    return (decoder_config_kwargs(lm_cfg),
+            *decoder_state(lm_state, projection_modules(lm_cfg)))
 
 
 def musicgen_state(decoder: Mapping[str, torch.Tensor], projection: Mapping[str, torch.Tensor],
@@ -400,5 +485,4 @@ def musicgen_state(decoder: Mapping[str, torch.Tensor], projection: Mapping[str,
     """The state of a ``MusicgenForConditionalGeneration`` from its parts."""
     return {**{f"text_encoder.{k}": v for k, v in text_encoder.items()},
             **{f"audio_encoder.{k}": v for k, v in encodec.items()},
-            **{f"decoder.{k}": v for k, v in decoder.items()},
-            **{f"enc_to_dec_proj.{k}": v for k, v in projection.items()}}
+            **{f"decoder.{k}": v for k, v in decoder.items()}, **projection}

@@ -13,10 +13,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..untrusted.lazy_tensors import ConcatTensor, TensorLike
-from .mapping import ENCODEC_RULES, LM_RULES, PACKED, PROJECTION_KEY, renamed
+from .mapping import (
+    COMPUTED_LM_KEY,
+    ENCODEC_RULES,
+    LM_RULES,
+    PACKED,
+    PROJECTION_KEY,
+    TEXT_PROJECTION,
+    renamed,
+)
 
-DECODER, ENCODEC, TEXT_ENCODER, PROJECTION = ("decoder.", "audio_encoder.", "text_encoder.",
-                                              "enc_to_dec_proj.")
+DECODER, ENCODEC, TEXT_ENCODER = "decoder.", "audio_encoder.", "text_encoder."
 # computed by transformers (sinusoids), never an AudioCraft weight
 COMPUTED = re.compile(r"decoder\.model\.decoder\.embed_positions\.weights?")
 # transformers 5.x (and torch's parametrized weight norm) name EnCodec's weight norm so
@@ -42,18 +49,22 @@ def has_transformers_names(keys: Iterable[str]) -> bool:
     return any(TRANSFORMERS_NAMES.search(key) for key in keys)
 
 
-def _lm_targets(lm_keys: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+def _lm_targets(lm_keys: Iterable[str], projections: Mapping[str, str],
+                ) -> dict[str, tuple[str, int | None]]:
     """transformers key -> (AudioCraft LM key, part of the packed q/k/v matrix or None)."""
     targets: dict[str, tuple[str, int | None]] = {}
     for key in lm_keys:
         packed, projection = PACKED.fullmatch(key), PROJECTION_KEY.fullmatch(key)
+        if COMPUTED_LM_KEY.fullmatch(key):
+            continue  # a buffer transformers recomputes: the base's stays
         if packed:
             layer = f"{DECODER}model.decoder.layers.{packed.group(1)}." + (
                 "self_attn" if packed.group(2) == "self_attn" else "encoder_attn")
             for part, name in enumerate("qkv"):
                 targets[f"{layer}.{name}_proj.weight"] = (key, part)
         elif projection:
-            targets[f"{PROJECTION}{projection.group(2)}"] = (key, None)
+            module = projections.get(projection.group(1), TEXT_PROJECTION)
+            targets[f"{module}.{projection.group(2)}"] = (key, None)
         else:
             targets[DECODER + renamed(key, LM_RULES)] = (key, None)
     return targets
@@ -71,12 +82,16 @@ def _encodec_targets(encodec_keys: Iterable[str]) -> dict[str, str]:
     return targets
 
 
-def audiocraft_states(state: Mapping[str, TensorLike], lm_keys: Iterable[str],
-                      encodec_keys: Iterable[str]) -> Unmapped:
-    """``state`` (a ``MusicgenForConditionalGeneration`` state) in the names of the base's LM
-    (``lm_keys``) and EnCodec (``encodec_keys``). EnCodec codebooks transformers does not hold
-    (beyond the LM's) are left out of ``encodec``: the base's stay."""
-    lm_targets, encodec_targets = _lm_targets(lm_keys), _encodec_targets(encodec_keys)
+def audiocraft_states(state: Mapping[str, TensorLike], base_lm: Mapping[str, TensorLike],
+                      encodec_keys: Iterable[str],
+                      projections: Mapping[str, str] | None = None) -> Unmapped:
+    """``state`` (a ``MusicgenForConditionalGeneration`` or ``MusicgenMelody...`` state) in the
+    names of the base's LM (``base_lm``) and EnCodec (``encodec_keys``); ``projections`` says
+    which transformers module holds each conditioner's projection (mapping's
+    ``projection_modules``). EnCodec codebooks transformers does not hold (beyond the LM's)
+    are left out of ``encodec``: the base's stay; so do the buffers transformers recomputes."""
+    lm_targets = _lm_targets(base_lm, projections or {})
+    encodec_targets = _encodec_targets(encodec_keys)
     out = Unmapped()
     parts: dict[str, dict[int, TensorLike]] = {}
     for name, tensor in state.items():
@@ -100,6 +115,7 @@ def audiocraft_states(state: Mapping[str, TensorLike], lm_keys: Iterable[str],
                                       "dtype)")
                 continue
             out.lm[key] = ConcatTensor(sources, sources[0].dtype)
+    out.lm.update({key: base_lm[key] for key in base_lm if COMPUTED_LM_KEY.fullmatch(key)})
     out.missing = sorted({key for key, _ in lm_targets.values()} - set(out.lm))
     return out
 

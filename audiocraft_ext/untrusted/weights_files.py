@@ -35,7 +35,8 @@ TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json",
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # transformers' model types of MusicGen (config.json's model_type)
-MUSICGEN_TYPES = {"musicgen": "MusicgenForConditionalGeneration"}
+MUSICGEN_TYPES = {"musicgen": "MusicgenForConditionalGeneration",
+                  "musicgen_melody": "MusicgenMelodyForConditionalGeneration"}
 ACCEPTED = ("a state dict file (.pt, .pth, .bin, .ckpt, .th, .safetensors), bare or wrapped "
             "one level down ({'state_dict': ...}), a transformers MusicGen folder (config.json "
             "with model.safetensors) or a PEFT adapter folder (adapter_config.json with "

@@ -133,6 +133,23 @@ def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -
                           "export validated")
 
 
+# A stop that a signal asked for. The app's handler records it, then raises it; but Python
+# ignores an exception raised where it cannot propagate (a weakref callback or __del__ that
+# happens to run when the signal arrives: "Exception ignored in ..."), and the export would
+# then go on and publish. The publication checks the record too.
+_stop_requested: list[BaseException] = []
+
+
+def request_stop(reason: BaseException) -> None:
+    """Record that the run must stop: no release is published until :func:`clear_stop`;
+    the one about to be is refused with ``reason``."""
+    _stop_requested[:] = [reason]
+
+
+def clear_stop() -> None:
+    _stop_requested.clear()
+
+
 @contextmanager
 def staged_release(dest: str | Path, overwrite: bool = False,
                    protected: Sequence[Path] = ()) -> Iterator[Path]:
@@ -162,6 +179,8 @@ def staged_release(dest: str | Path, overwrite: bool = False,
             raise ExportError(f"cannot create {staging}: {exc.strerror or exc}") from exc
         try:
             yield staging
+            if _stop_requested:  # a stop whose raise was swallowed on its way
+                raise _stop_requested[0]
             fsync_dir(staging)
             if os.path.lexists(dest):
                 replaced = _aside(dest, "replaced")
