@@ -162,6 +162,24 @@ def test_a_real_melody_xp_in_transformers_format(real_xps, tiny_t5_home, tiny_de
     lm = release_state(out / "state_dict.bin")
     assert_same_state({k: v.to(lm[k].dtype) for k, v in release_state(
         back / "state_dict.bin").items()}, lm)
+    # a LoRA adapter made by peft over the melody model, merged into it
+    import peft
+    import torch
+    import transformers
+
+    model = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(out)
+    torch.manual_seed(0)
+    adapter = tmp_path / "lora"
+    peft.get_peft_model(model, peft.LoraConfig(
+        r=2, init_lora_weights=False, target_modules=["q_proj", "audio_enc_to_dec_proj"],
+    )).save_pretrained(adapter)
+    merged = tmp_path / "merged"
+    export_release(adapter, merged, base=out, validate="none", samples=False)
+    released = release_state(merged / "state_dict.bin")
+    changed = [k for k in lm if not torch.equal(released[k], lm[k])]
+    assert "condition_provider.conditioners.self_wav.output_proj.weight" in changed
+    assert "transformer.layers.0.self_attn.in_proj_weight" in changed
+    assert "out_norm.weight" not in changed
 
 
 def _melody_layout(argmax: bool):

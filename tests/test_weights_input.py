@@ -241,6 +241,32 @@ def test_a_transformers_state_dict_file_of_the_decoder_alone(t5_base, transforme
     assert not (tmp_path / "release").exists()
 
 
+def test_a_transformers_model_of_another_layout_is_refused(refused, t5_base, transformers_folder,
+                                                           tmp_path):
+    """Same tensor shapes, another model: config.json says stereo, the base is mono."""
+    folder = tmp_path / "hf"
+    shutil.copytree(transformers_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["audio_channels"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    refused(tmp_path, *_args(folder, t5_base), message=re.escape(
+        f"{folder}/config.json says audio_channels=2 but the base {t5_base} is "
+        "audio_channels=1: another model than the base's") + "$")
+
+
+def test_a_chosen_compression_model_is_used(t5_base, transformers_folder, tmp_path):
+    """compression.path= with transformers weights: the chosen file ships, not the base's."""
+    from audiocraft_ext.config import CheckpointCompression
+
+    out = tmp_path / "release"
+    export_release(transformers_folder, out, base=t5_base, validate="none", samples=False,
+                   compression=CheckpointCompression(path=str(t5_base /
+                                                          "compression_state_dict.bin")))
+    assert (out / "compression_state_dict.bin").read_bytes() \
+        == (t5_base / "compression_state_dict.bin").read_bytes()
+    assert _manifest(out)["compression"]["reference"].endswith("compression_state_dict.bin")
+
+
 # --- PEFT LoRA --------------------------------------------------------------------------------
 def test_a_lora_adapter_is_merged_with_peft(t5_base, t5_lm, t5_snapshot, lora_adapter,
                                             transformers_folder, tmp_path):
@@ -329,30 +355,45 @@ def test_lora_through_the_app_with_transformers_and_full_validation(
 
 
 # --- a Hub name through the Hugging Face cache ------------------------------------------------
-@pytest.mark.slow  # an app process (the cache location is read when huggingface_hub starts)
-def test_a_hub_name_is_read_from_the_cache_only(demo_base, tmp_path, network_attempts):
-    home = tmp_path / "hf"
-    snapshot = home / "hub" / "models--someone--musicgen-tiny" / "snapshots" / ("a" * 40)
+def _hub_cache(home: Path, repo: str, files: dict[str, Path]) -> None:
+    """The Hugging Face cache's layout: a snapshot of links into blobs/, as the hub writes
+    it (`huggingface-cli download`)."""
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    for name in ("state_dict.bin", "compression_state_dict.bin"):
-        shutil.copy(demo_base / name, snapshot / name)
-    (home / "hub" / "models--someone--musicgen-tiny" / "refs").mkdir()
-    (home / "hub" / "models--someone--musicgen-tiny" / "refs" / "main").write_text("a" * 40)
-    weights = tmp_path / "lm_final.pt"
-    torch.save(_lm(demo_base), weights)
+    (root / "blobs").mkdir()
+    for name, source in files.items():
+        blob = root / "blobs" / f"blob-{name}"
+        shutil.copy(source, blob)
+        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("a" * 40)
+
+
+@pytest.mark.slow  # an app process (the cache location is read when huggingface_hub starts)
+def test_a_hub_name_is_read_from_the_cache_only(t5_base, transformers_folder, tmp_path,
+                                                network_attempts):
+    """A Hub base as the cache holds it (links into blobs/), with transformers' files too:
+    transformers weights over it, their T5 compared with the base's through the links."""
+    home = tmp_path / "hf"
+    _hub_cache(home, "someone/musicgen-tiny", {
+        name: t5_base / name for name in ("state_dict.bin", "compression_state_dict.bin",
+                                          "config.json", "model.safetensors")})
     env = app_env(HF_HOME=str(home), **OFFLINE)
     out = tmp_path / "release"
-    common = ("input=weights", f"input.path={weights}", "validate=load",
-              f"hydra.run.dir={tmp_path / 'run'}")
+    common = ("input=weights", f"input.path={transformers_folder}", "validate=none",
+              "output.dtype=float16", f"hydra.run.dir={tmp_path / 'run'}")
     run_app(*common, "input.base=someone/musicgen-tiny", f"output.dir={out}", cwd=tmp_path,
             env=env, check=True)
-    assert _manifest(out)["source"]["weights"]["base_kind"] == "Hugging Face cache"
-    assert_same_state(_lm(out), _lm(demo_base))
+    weights = _manifest(out)["source"]["weights"]
+    assert (weights["base_kind"], weights["text_encoder"]) == ("Hugging Face cache",
+                                                               "equal to the base's")
+    assert_same_state(_lm(out), _lm(t5_base))
     proc = run_app(*common, "input.base=someone/not-cached", f"output.dir={tmp_path / 'x'}",
                    cwd=tmp_path, env=env)
     assert proc.returncode == 1
-    assert "input.base=someone/not-cached is not in the Hugging Face cache (HF_HOME): nothing " \
-           "is downloaded" in proc.stderr
+    assert "input.base=someone/not-cached is no local folder and not in the Hugging Face " \
+           "cache (HF_HOME) as a Hub name: nothing is downloaded" in proc.stderr
     assert network_attempts == []
 
 
@@ -416,7 +457,8 @@ def test_a_pickle_that_runs_code_is_refused(refused, demo_base, tmp_path):
 @pytest.mark.parametrize("base, message", [
     (None, r"^no base given for the weights: set input=weights input\.base=\.\.\., an "
            r"AudioCraft release folder"),
-    ("nobody/nothing", r"input\.base=nobody/nothing is not in the Hugging Face cache"),
+    ("nobody/nothing", r"input\.base=nobody/nothing is no local folder and not in the Hugging "
+                       r"Face cache"),
     ("encodec", r"is a 'compression' model, not an LM"),
 ], ids=["none", "uncached", "encodec"])
 def test_a_base_that_gives_no_lm_is_refused(refused, demo_base, encodec_ckpt, tmp_path, base,

@@ -81,11 +81,8 @@ def inspect_weights(source: WeightsSource, spec: ExportConfig) -> dict[str, Any]
             fits = f"no: {exc}"
     else:
         fits = "unknown: no input.base given"
-    facts = vars(FileFacts.of(source.path))
-    if source.path.is_dir():  # a folder's size: its files'
-        facts["bytes"] = sum(p.stat().st_size for p in source.path.iterdir() if p.is_file())
     return {
-        "weights": facts,
+        "weights": vars(FileFacts.of(source.path)),
         "kind": weights.kind,
         "wrapper": weights.wrapper,
         "state": vars(StateFacts.of(weights.state)),

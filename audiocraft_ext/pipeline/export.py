@@ -79,8 +79,9 @@ def export(checkpoint: str | Path | CheckpointSource, spec: ExportConfig, *,
     if unknown:
         raise ValueError(f"extra_files: {unknown[0]!r} is not a release file")
     timings: dict[str, dict[str, Any]] = {"export": {}, "validation": {}}
-    protected = [source.path.parent, *([source.dora_dir] if source.dora_dir else []),
-                 *_base_folder(source)]
+    # never replaced: the XP folder and Dora dir of a checkpoint; the weights and their base
+    protected = ([source.path, *_base_folder(source)] if isinstance(source, WeightsSource)
+                 else [source.path.parent, *([source.dora_dir] if source.dora_dir else [])])
     with staged_release(out_dir, spec.output.overwrite, protected) as staging:
         with phase(timings["export"]):
             selection = select_weights(source, spec) if isinstance(source, WeightsSource) \

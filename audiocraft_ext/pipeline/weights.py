@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
-from yaml import YAMLError
 
 from ..config import (
     AutoCompression,
@@ -30,14 +28,14 @@ from ..config import (
     StateChoice,
     StateConfig,
 )
-from ..errors import ExportError, first_line, setting, shown
+from ..errors import ExportError, one_line, setting, shown
 from ..families import family_of
 from ..reporting.manifest import WeightsRecord
 from ..reporting.model_facts import cfg_of_yaml
 from ..untrusted.lazy_tensors import CastTensor, TensorLike, as_tensor
 from ..untrusted.sources import CheckpointSource, WeightsSource, resolve_checkpoint
 from ..untrusted.states import StateDict, checked_state, load_solver_checkpoint
-from ..untrusted.weights_files import WeightsFile, read_weights
+from ..untrusted.weights_files import MUSICGEN_TYPES, WeightsFile, read_weights
 from ..untrusted.xp_config import raw_value
 from ..writing.compression import CompressionRelease, resolve_compression
 from ..writing.release_format import COMPRESSION_FILE, LM_FILE, release_package
@@ -48,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 SHOWN_KEYS = 2  # keys named per kind of mismatch in a message
+MAX_NAME = 120  # characters of a wrapper key or prefix recorded
 _QUANTIZER_LAYER = re.compile(r"quantizer\.vq\.layers\.(\d+)\.")
 
 
@@ -108,9 +107,10 @@ def _cached_snapshot(name: str) -> Path:
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise ExportError(f"{setting('input.base', name)} is not in the Hugging Face cache "
-                          "(HF_HOME): nothing is downloaded; fetch it first (huggingface-cli "
-                          f"download {name}) or give a local release folder") from exc
+        raise ExportError(f"{setting('input.base', name)} is no local folder and not in the "
+                          "Hugging Face cache (HF_HOME) as a Hub name: nothing is downloaded; "
+                          f"fetch it first (huggingface-cli download {name}) or give a local "
+                          "release folder") from exc
 
 
 def _release_base(given: str, folder: Path, kind: str, trust: bool) -> Base:
@@ -119,11 +119,8 @@ def _release_base(given: str, folder: Path, kind: str, trust: bool) -> Base:
     if not lm_file.is_file():
         raise ExportError(f"{setting('input.base', given)}: {folder} has no {LM_FILE}")
     pkg = load_solver_checkpoint(lm_file, trust=trust)
-    try:
-        cfg = cfg_of_yaml(pkg.get("xp.cfg")) if pkg.get("exported") is True else None
-    except (ValueError, YAMLError, OmegaConfBaseException) as exc:
-        raise ExportError(f"{lm_file}: its xp.cfg is not readable YAML "
-                          f"({first_line(exc)})") from exc
+    cfg = cfg_of_yaml(pkg.get("xp.cfg"), str(lm_file)) if pkg.get("exported") is True \
+        else None
     state = pkg.get("best_state")
     if cfg is None or not isinstance(state, dict):
         raise ExportError(f"{lm_file} is not a release file (best_state, xp.cfg as YAML "
@@ -147,8 +144,11 @@ def select_weights(source: WeightsSource, spec: ExportConfig) -> Selection:
     weights = read_weights(source.path, trust)
     logger.info("reading %s: %s, over the base %s (%s)", source.path, weights.described,
                 base.given, base.kind)
-    auto = isinstance(spec.compression, AutoCompression)
-    compression = (base.compression or _base_compression(base, trust)) if auto else None
+    # the compression model shipped: the base's, or the one chosen (resolved as for the base)
+    compression = (base.compression or _base_compression(base, trust)) \
+        if isinstance(spec.compression, AutoCompression) \
+        else resolve_compression(spec.compression, loadable_config(base.cfg)[0], base.source,
+                                 trust)
     base_encodec = compression.state if compression and compression.state else {}
     if _transformers_named(weights):
         problem = transformers_refusal(family_of(raw_value(base.cfg, "solver")),
@@ -162,8 +162,9 @@ def select_weights(source: WeightsSource, spec: ExportConfig) -> Selection:
         fitted = fit(weights, base, base_encodec, base_folder)
     if fitted.encodec:
         compression = _with_encodec(compression, fitted.encodec, source.path)
-    record = WeightsRecord(
-        kind=weights.kind, wrapper=weights.wrapper, prefix=fitted.prefix,
+    record = WeightsRecord(  # the wrapper key and the prefix come from the file: bounded
+        kind=weights.kind, wrapper=one_line(weights.wrapper, MAX_NAME) if weights.wrapper
+        else None, prefix=one_line(fitted.prefix, MAX_NAME) if fitted.prefix else None,
         base=base.given, base_kind=base.kind, tensors=len(weights.state),
         encodec="from the weights" if fitted.encodec else "the base's",
         text_encoder=fitted.text_encoder, adapter=fitted.adapter)
@@ -225,6 +226,8 @@ def fit(weights: WeightsFile, base: Base, base_encodec: StateDict,
     first missing, unexpected and mis-shaped keys when they do not fit."""
     if weights.kind == "peft adapter":
         return _fit_adapter(weights, base, base_encodec, base_folder)
+    if weights.kind == "transformers":
+        _refuse_other_layout(weights, base)
     if _transformers_named(weights):
         return _fit_transformers(weights.state, weights.path, base, base_encodec, base_folder)
     return _fit_audiocraft(weights, base, base_encodec)
@@ -233,9 +236,12 @@ def fit(weights: WeightsFile, base: Base, base_encodec: StateDict,
 def _fit_adapter(weights: WeightsFile, base: Base, base_encodec: StateDict,
                  base_folder: Path | None) -> Fitted:
     from ..transformers_format.lora import adapter_facts, merged_state
+    from ..transformers_format.mapping import melody_attributes
 
     assert base_folder is not None  # _transformers_base made one
-    merged = merged_state(weights.path, base_folder)
+    melody = melody_attributes(loadable_config(base.cfg)[0]) is not None
+    merged = merged_state(weights.path, base_folder, MUSICGEN_TYPES[
+        "musicgen_melody" if melody else "musicgen"])
     fitted = _fit_transformers(merged, weights.path, base, base_encodec, base_folder)
     if _all_equal(fitted.lm, base.state):
         raise ExportError(f"the adapter {weights.path} changes no weight of the base's LM: its "
@@ -247,6 +253,25 @@ def _fit_adapter(weights: WeightsFile, base: Base, base_encodec: StateDict,
                  for key, tensor in fitted.lm.items()}
     fitted.adapter = adapter_facts(weights.config or {})
     return fitted
+
+
+def _refuse_other_layout(weights: WeightsFile, base: Base) -> None:
+    """A transformers folder whose config says another layout than the base's (melody or
+    not, mono or stereo), which equal tensor shapes would not reveal."""
+    config = weights.config or {}
+    decoder = config["decoder"] if isinstance(config.get("decoder"), dict) else {}
+    from ..transformers_format.mapping import audio_channels, melody_attributes
+
+    cfg = loadable_config(base.cfg)[0]
+    wanted = {"model_type": "musicgen_melody" if melody_attributes(cfg) else "musicgen",
+              "audio_channels": audio_channels(cfg)}
+    found = {"model_type": config.get("model_type"),
+             "audio_channels": decoder.get("audio_channels", 1)}
+    for key, value in wanted.items():
+        if found[key] != value:
+            raise ExportError(f"{weights.path}/config.json says {key}={shown(found[key])} but "
+                              f"the base {base.given} is {key}={value!r}: another model than "
+                              "the base's")
 
 
 def _fit_transformers(state: Mapping[str, TensorLike], path: Path, base: Base,

@@ -22,7 +22,7 @@ from .model_facts import ModelRecord
 
 @dataclass(frozen=True)
 class FileFacts:
-    """Size and modification time of a source file."""
+    """Size and modification time of a source file (or folder of weights)."""
 
     path: str
     bytes: int
@@ -30,8 +30,11 @@ class FileFacts:
 
     @classmethod
     def of(cls, path: Path) -> FileFacts:
+        """A file's facts; a folder's (weights in a folder) bytes are its files'."""
         stat = path.stat()
-        return cls(str(path), stat.st_size,
+        size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) \
+            if path.is_dir() else stat.st_size
+        return cls(str(path), size,
                    datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat())
 
 

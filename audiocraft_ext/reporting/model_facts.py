@@ -12,7 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, Node, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
+from ..errors import ExportError, first_line
 from ..families import Family
 from ..untrusted.xp_config import raw_value
 
@@ -127,9 +130,14 @@ def _conditioners(cfg: DictConfig, record: Callable[[str], str]) -> dict[str, st
     return found
 
 
-def cfg_of_yaml(text: Any) -> DictConfig | None:
-    """The config of a release package's ``xp.cfg`` YAML text, or None."""
+def cfg_of_yaml(text: Any, source: str = "a release file") -> DictConfig | None:
+    """The config of a release package's ``xp.cfg`` YAML text, or None; ExportError when the
+    text (from a user's file) is not YAML."""
     if not isinstance(text, str):
         return None
-    cfg = OmegaConf.create(text)
+    try:
+        cfg = OmegaConf.create(text)
+    except (ValueError, YAMLError, OmegaConfBaseException, RecursionError) as exc:
+        raise ExportError(f"{source}: its xp.cfg is not readable YAML ({first_line(exc)})"
+                          ) from exc
     return cfg if isinstance(cfg, DictConfig) else None

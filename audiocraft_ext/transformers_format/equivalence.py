@@ -150,9 +150,7 @@ def lm_figures(lm: Any, model: Any, attribute: str, cfg_coef: float,
         codes = {name: _greedy_codes(lm, model, attribute, conditions[i], texts[i], mask, coef,
                                      frames) for name, (i, coef) in runs.items()}
     identical = {name: _identical_frames(*pair) for name, pair in codes.items()}
-    (ours_a, theirs_a), (ours_b, theirs_b) = codes["guided"], codes["other_text"]
-    changed = not torch.equal(ours_a, ours_b) and theirs_a is not None \
-        and theirs_b is not None and not torch.equal(theirs_a, theirs_b)
+    changed = _changed(codes["guided"], codes["other_text"])
     return {"lm_logits_max_abs_diff": logits_diff, "greedy_frames": frames,
             "greedy_identical_frames": identical["guided"],
             "greedy_guidance_scale": cfg_coef,

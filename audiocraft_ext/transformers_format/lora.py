@@ -29,9 +29,11 @@ def adapter_facts(config: Mapping[str, Any]) -> dict[str, Any]:
             for key, value in facts.items()}
 
 
-def merged_state(adapter: Path, base_folder: Path) -> dict[str, torch.Tensor]:
-    """The state of the transformers MusicGen in ``base_folder`` with the adapter merged in
-    (``PeftModel.from_pretrained`` then ``merge_and_unload``), in transformers' names."""
+def merged_state(adapter: Path, base_folder: Path, model_class: str,
+                 ) -> dict[str, torch.Tensor]:
+    """The state of the transformers MusicGen (``model_class``) in ``base_folder`` with the
+    adapter merged in (``PeftModel.from_pretrained`` then ``merge_and_unload``), in
+    transformers' names."""
     try:
         import peft
     except ImportError as exc:
@@ -40,7 +42,11 @@ def merged_state(adapter: Path, base_folder: Path) -> dict[str, torch.Tensor]:
                           ) from exc
     import transformers
 
-    model = load_strictly(transformers.MusicgenForConditionalGeneration, base_folder)
+    try:
+        model = load_strictly(getattr(transformers, model_class), base_folder)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"transformers could not load the base's model ({model_class}) to "
+                          f"merge the adapter into: {first_line(exc)}") from exc
     try:
         # the adapter's weights are adapter_model.safetensors (weights_files checked it)
         merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

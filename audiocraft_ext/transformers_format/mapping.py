@@ -327,8 +327,10 @@ def decoder_config_kwargs(lm_cfg: DictConfig, max_positions: int = 2048) -> dict
 def melody_kwargs(lm_cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(MusicgenMelodyConfig's chroma arguments, MusicgenMelodyFeatureExtractor's
     arguments)`` of a MusicGen-melody, from its chroma conditioner and training segment."""
-    chroma, _ = melody_attributes(lm_cfg) or ("", "")
-    stem = f"conditioners.{chroma}.chroma_stem"
+    melody = melody_attributes(lm_cfg)
+    if melody is None:
+        raise ValueError("not a MusicGen-melody: no chroma_stem and T5 conditioners")
+    stem = f"conditioners.{melody[0]}.chroma_stem"
     n_chroma, n_fft = _required(lm_cfg, f"{stem}.n_chroma"), 2 ** _required(lm_cfg,
                                                                              f"{stem}.radix2_exp")
     sample_rate = _required(lm_cfg, "sample_rate")
@@ -482,7 +484,8 @@ def checked_decoder(lm_cfg: DictConfig, compression_cfg: DictConfig,
 def musicgen_state(decoder: Mapping[str, torch.Tensor], projection: Mapping[str, torch.Tensor],
                    encodec: Mapping[str, torch.Tensor],
                    text_encoder: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state of a ``MusicgenForConditionalGeneration`` from its parts."""
+    """The state of a ``MusicgenForConditionalGeneration`` (or ``MusicgenMelody...``) from its
+    parts; ``projection`` holds the projections' full names (``enc_to_dec_proj.weight``...)."""
     return {**{f"text_encoder.{k}": v for k, v in text_encoder.items()},
             **{f"audio_encoder.{k}": v for k, v in encodec.items()},
             **{f"decoder.{k}": v for k, v in decoder.items()}, **projection}

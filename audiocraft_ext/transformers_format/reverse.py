@@ -39,7 +39,6 @@ class Unmapped:
     lm: dict[str, TensorLike] = field(default_factory=dict)
     encodec: dict[str, TensorLike] = field(default_factory=dict)
     text_encoder: dict[str, TensorLike] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)  # AudioCraft keys with no weight given
     unexpected: list[str] = field(default_factory=list)  # transformers keys with no place
     mismatched: list[str] = field(default_factory=list)  # q, k, v that do not stack
 
@@ -116,7 +115,6 @@ def audiocraft_states(state: Mapping[str, TensorLike], base_lm: Mapping[str, Ten
                 continue
             out.lm[key] = ConcatTensor(sources, sources[0].dtype)
     out.lm.update({key: base_lm[key] for key in base_lm if COMPUTED_LM_KEY.fullmatch(key)})
-    out.missing = sorted({key for key, _ in lm_targets.values()} - set(out.lm))
     return out
 
 

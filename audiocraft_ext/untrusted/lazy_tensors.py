@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ExportError
 from .archive import CheckpointArchive
 
 # A view may hold more elements than its storage only by repeating them (stride 0, overlapping
@@ -163,7 +164,8 @@ TensorLike = torch.Tensor | LazyTensor
 
 @dataclass(eq=False)
 class ComputedTensor:
-    """A tensor computed from same-shaped ``sources`` when it is read, as ``dtype``."""
+    """A tensor computed from ``sources`` when it is read, as ``dtype`` (same-shaped sources,
+    but for :class:`ConcatTensor`, which overrides the shape)."""
 
     sources: list[TensorLike]
     dtype: torch.dtype
@@ -261,7 +263,11 @@ class SafetensorsTensor:
         from safetensors import safe_open  # safetensors' own parser: no code runs
 
         with safe_open(str(self.file), framework="pt") as f:
-            return f.get_tensor(self.name)
+            tensor = f.get_tensor(self.name)
+        if tuple(tensor.shape) != self.size or tensor.dtype != self.dtype:
+            raise ExportError(f"{self.file} changed while it was read ({self.name} is now "
+                              f"{list(tensor.shape)} {tensor.dtype})")
+        return tensor
 
     def load_into(self, scratch: Scratch) -> torch.Tensor:
         return self.load()

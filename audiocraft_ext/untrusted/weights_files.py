@@ -1,8 +1,8 @@
 """Weights written by another trainer, read as data (``input=weights``): a bare state dict, a
 one-level wrapper of one (Lightning's ``{'state_dict': ...}``), safetensors files (sharded
-too), a transformers MusicGen folder or a PEFT adapter folder. Nothing here runs code from
-the files: pickles go through :mod:`.safe_load`, safetensors through its own parser, JSON
-through :mod:`json`."""
+too), a transformers MusicGen folder, a PEFT adapter folder or an AudioCraft release folder.
+Nothing here runs code from the files: pickles go through :mod:`.safe_load`, safetensors
+through its own parser, JSON through :mod:`json`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ MAX_JSON_BYTES = 8 << 20  # config.json, adapter_config.json, a shard index
 # recipes, audiocraft's own best state, DDP, EMA trainers.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "best_state", "module", "ema",
                 "state", "weights", "params", "lm")
-STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".th", ".safetensors")
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -39,8 +38,8 @@ MUSICGEN_TYPES = {"musicgen": "MusicgenForConditionalGeneration",
                   "musicgen_melody": "MusicgenMelodyForConditionalGeneration"}
 ACCEPTED = ("a state dict file (.pt, .pth, .bin, .ckpt, .th, .safetensors), bare or wrapped "
             "one level down ({'state_dict': ...}), a transformers MusicGen folder (config.json "
-            "with model.safetensors) or a PEFT adapter folder (adapter_config.json with "
-            "adapter_model.safetensors)")
+            "with model.safetensors), a PEFT adapter folder (adapter_config.json with "
+            "adapter_model.safetensors) or an AudioCraft release folder (state_dict.bin)")
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def read_json(path: Path) -> dict[str, Any]:
                           f"{MAX_JSON_BYTES:,} accepted for a JSON config")
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ExportError(f"{path} is not readable JSON ({first_line(exc)})") from exc
     if not isinstance(found, dict):
         raise ExportError(f"{path} holds a JSON {type(found).__name__}, not an object")
@@ -97,7 +96,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _regular(path: Path) -> None:
-    if path.is_symlink() or not path.is_file():
+    """A regular file, possibly through a link (a Hugging Face cache snapshot's files are
+    links into its blobs): no device, FIFO or folder."""
+    if not path.is_file():
         raise ExportError(f"{path} is not a regular file")
 
 

@@ -117,8 +117,8 @@ def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -
                     else "lies inside" if real.is_relative_to(folder) else None)
         if relation:
             raise ExportError(f"{dest} {relation} {folder}, which holds the checkpoint being "
-                              "exported; a release is never written there: choose another "
-                              f"{setting('output.dir')}")
+                              "exported (or the weights and their base); a release is never "
+                              f"written there: choose another {setting('output.dir')}")
     cwd = Path.cwd().resolve()
     if cwd.is_relative_to(real):
         raise ExportError(f"{dest} is the current folder or one above it; it is never "
