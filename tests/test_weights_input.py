@@ -487,6 +487,16 @@ def test_a_changed_text_encoder_is_refused(refused, t5_base, transformers_folder
         "frozen T5 and cannot hold a fine-tuned one") + "$")
 
 
+def test_the_base_is_never_overwritten(refused, demo_base, tmp_path):
+    path = tmp_path / "lm_final.pt"
+    torch.save(_lm(demo_base), path)
+    before = (demo_base / "state_dict.bin").read_bytes()
+    refused(tmp_path, *_args(path, demo_base), "output.overwrite=true", dest=demo_base,
+            message=re.escape(f"{demo_base} is {demo_base}, which holds the weights being "
+                              "exported or their base; a release is never written there"))
+    assert (demo_base / "state_dict.bin").read_bytes() == before
+
+
 def test_state_choices_do_not_apply(refused, demo_base, tmp_path):
     path = tmp_path / "lm_final.pt"
     torch.save(_lm(demo_base), path)

@@ -82,7 +82,9 @@ def export(checkpoint: str | Path | CheckpointSource, spec: ExportConfig, *,
     # never replaced: the XP folder and Dora dir of a checkpoint; the weights and their base
     protected = ([source.path, *_base_folder(source)] if isinstance(source, WeightsSource)
                  else [source.path.parent, *([source.dora_dir] if source.dora_dir else [])])
-    with staged_release(out_dir, spec.output.overwrite, protected) as staging:
+    holding = ("the weights being exported or their base" if isinstance(source, WeightsSource)
+               else "the checkpoint being exported")
+    with staged_release(out_dir, spec.output.overwrite, protected, holding) as staging:
         with phase(timings["export"]):
             selection = select_weights(source, spec) if isinstance(source, WeightsSource) \
                 else select(source, spec.state, spec.input.trust)

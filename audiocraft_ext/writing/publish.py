@@ -100,7 +100,8 @@ def _locked(dest: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -> None:
+def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path],
+                       holding: str) -> None:
     """Refuse a destination whose replacement could lose data; one line saying why."""
     if dest.is_symlink():
         raise ExportError(f"{dest} is a symbolic link; a release is never written through one: "
@@ -116,9 +117,8 @@ def _check_destination(dest: Path, overwrite: bool, protected: Sequence[Path]) -
         relation = ("is" if real == folder else "contains" if folder.is_relative_to(real)
                     else "lies inside" if real.is_relative_to(folder) else None)
         if relation:
-            raise ExportError(f"{dest} {relation} {folder}, which holds the checkpoint being "
-                              "exported (or the weights and their base); a release is never "
-                              f"written there: choose another {setting('output.dir')}")
+            raise ExportError(f"{dest} {relation} {folder}, which holds {holding}; a release "
+                              f"is never written there: choose another {setting('output.dir')}")
     cwd = Path.cwd().resolve()
     if cwd.is_relative_to(real):
         raise ExportError(f"{dest} is the current folder or one above it; it is never "
@@ -152,12 +152,14 @@ def clear_stop() -> None:
 
 @contextmanager
 def staged_release(dest: str | Path, overwrite: bool = False,
-                   protected: Sequence[Path] = ()) -> Iterator[Path]:
+                   protected: Sequence[Path] = (),
+                   holding: str = "the checkpoint being exported") -> Iterator[Path]:
     """Yield an empty staging folder; on a clean exit it becomes ``dest``, else it is removed.
 
     Holds an exclusive lock on ``dest`` throughout, so two runs cannot interleave. With
     ``overwrite``, an existing release is replaced only after the new one is complete.
-    ``protected`` folders (the source's XP folder and Dora dir) are never replaced.
+    ``protected`` paths (the source's XP folder and Dora dir; weights and their base) are
+    never replaced; messages say they hold ``holding``.
     """
     dest = Path(os.path.abspath(os.path.expanduser(dest)))  # ".." resolved, links kept
     if dest.parent == dest:
@@ -171,7 +173,7 @@ def staged_release(dest: str | Path, overwrite: bool = False,
         raise ExportError(f"cannot write into {dest.parent}: permission denied")
     with _locked(dest):
         _recover_interrupted(dest)
-        _check_destination(dest, overwrite, protected)
+        _check_destination(dest, overwrite, protected, holding)
         staging = _aside(dest, "staging")
         try:
             staging.mkdir()
