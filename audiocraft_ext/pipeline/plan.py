@@ -58,7 +58,7 @@ class Selection:
     history: Any  # the checkpoint's per-epoch metrics, as unpickled (checked when read)
     members: list[dict[str, Any]] | None = None  # state=average: the files averaged
     weights: WeightsRecord | None = None  # input=weights: where the weights came from
-    # input=weights: the compression model its base gives (compression=auto)
+    # input=weights: the compression model resolved against its base (the base's, or the chosen)
     compression: CompressionRelease | None = None
 
 
@@ -193,10 +193,10 @@ def _check_melody_needs(cfg: DictConfig) -> None:
 def _shipped_compression(family: Family, spec: ExportConfig, cfg: DictConfig,
                          source: CheckpointSource,
                          selection: Selection) -> CompressionRelease | None:
-    """The compression model file beside an LM (input=weights: its base's, unless chosen);
-    an EnCodec XP is its own."""
-    if family.is_lm and selection.compression is not None \
-            and isinstance(spec.compression, AutoCompression):
+    """The compression model file beside an LM (input=weights: the one its selection
+    resolved, the base's or the chosen one, with an EnCodec the weights carry); an EnCodec XP
+    is its own."""
+    if family.is_lm and selection.compression is not None:
         return selection.compression
     if family.is_lm:
         return resolve_compression(spec.compression, cfg, source, trust=spec.input.trust)
