@@ -173,6 +173,10 @@ class ValidateConfig:
     # A local compression model file (an exported compression_state_dict.bin) to validate with
     # when the release points at a //pretrained/ one that this machine cannot download.
     compression_model: str | None = None
+    # frames the transformers proof (output.transformers=true) decodes greedily in both stacks
+    # and compares logits over; default: as many as the release's generation_config.json
+    # generates (one training segment: 1500 for 30 s at 50 Hz)
+    transformers_frames: int | None = None
 
 
 class Mode(str, Enum):

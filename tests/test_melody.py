@@ -131,8 +131,8 @@ def test_a_real_melody_xp_in_transformers_format(real_xps, tiny_t5_home, tiny_de
     out = tmp_path / "release"
     run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
             f"input.sig={real_xps['xps']['musicgen_melody']['sig']}", "validate.duration=0.5",
-            "output.transformers=true", f"output.dir={out}", f"hydra.run.dir={tmp_path / 'run'}",
-            cwd=tmp_path, env=env, check=True)
+            "output.transformers=true", "validate.transformers_frames=20", f"output.dir={out}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env, check=True)
     manifest = json.loads((out / "export.json").read_text())
     hf = manifest["transformers"]
     assert hf["model_class"] == "MusicgenMelodyForConditionalGeneration"

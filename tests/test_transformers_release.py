@@ -50,15 +50,25 @@ def test_one_folder_for_both_loaders(real_xps, tiny_t5_home, tmp_path, name, fam
     # (4.44 writes the key back, empty)
     text_config = json.loads((out / "config.json").read_text())["text_encoder"]
     assert text_config.get("_name_or_path", "") == ""
+    # the proof covers what generation_config.json generates: one training segment
     proof = hf["proof"]
-    assert proof["lm_logits_max_abs_diff"] <= 1e-4
+    generation = json.loads((out / "generation_config.json").read_text())
+    frames = proof["greedy_frames"]
+    delay = manifest["model"]["codebooks"] - 1  # the delay pattern's steps beyond the frames
+    assert frames == proof["generation_frames"] == generation["max_new_tokens"] - delay
+    assert frames == manifest["model"]["frame_rate"] * manifest["model"]["segment_duration"]
+    assert proof["lm_logits_max_abs_diff_early"] <= 1e-4
+    assert proof["lm_logits_max_rel_diff"] <= 1e-4
+    assert 0.99 <= proof["lm_logits_argmax_agreement"] <= 1.0
     assert proof["encodec_decode_max_abs_diff"] <= 1e-4
     assert proof["encodec_encode_identical_codes"] == 1.0
-    assert proof["greedy_identical_frames"] == proof["greedy_frames"] == 20
+    assert proof["greedy_identical_frames"] == frames
+    assert proof["greedy_identical_frames_no_guidance"] == frames
     assert proof["pipeline_sampling_rate"] == manifest["model"]["sample_rate"]
     card = (out / "README.md").read_text()
     assert "MusicgenForConditionalGeneration.from_pretrained" in card
-    assert "20 of 20 identical frames" in card
+    assert (f"over {frames} frames (the length `generation_config.json` generates)" in card
+            and f"{frames} of {frames} identical frames" in card)
     proc = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(out), family],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -343,7 +343,8 @@ def test_lora_through_the_app_with_transformers_and_full_validation(
     env = app_env(HF_HOME=str(tiny_t5_home), **OFFLINE)
     out = tmp_path / "release"
     run_app("input=weights", f"input.path={lora_adapter}", f"input.base={t5_base}",
-            "output.transformers=true", "validate.duration=0.5", f"output.dir={out}",
+            "output.transformers=true", "validate.transformers_frames=20",
+            "validate.duration=0.5", f"output.dir={out}",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env, check=True)
     manifest = _manifest(out)
     assert [c["check"] for c in manifest["validation"]["checks"] if c["ok"]] == [
@@ -554,7 +555,8 @@ peft.get_peft_model(hf, lora).save_pretrained(out / "lora")  # PEFT LoRA
 def test_each_kind_from_a_real_xp_release(real_xps, tiny_t5_home, tmp_path):
     env = app_env(HF_HOME=str(tiny_t5_home), **OFFLINE)
     base = tmp_path / "base"
-    common = (f"hydra.run.dir={tmp_path / 'run'}", "validate.duration=0.5")
+    common = (f"hydra.run.dir={tmp_path / 'run'}", "validate.duration=0.5",
+              "validate.transformers_frames=20")
     run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
             f"input.sig={real_xps['xps']['musicgen_t5']['sig']}", "output.transformers=true",
             f"output.dir={base}", *common, cwd=tmp_path, env=env, check=True)

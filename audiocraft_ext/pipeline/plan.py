@@ -135,6 +135,10 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
         if problem:
             raise ExportError("cannot add transformers' format "
                               f"({setting('output.transformers', True)}): {problem}")
+    frames = spec.validate.transformers_frames
+    if frames is not None and frames < 1:
+        raise ExportError(f"{setting('validate.transformers_frames', frames)}: the transformers "
+                          "proof needs at least 1 frame (unset: the generation length)")
     stand_in, local = None, spec.validate.compression_model
     if local and spec.validate.level is not ValidateLevel.none and compression is not None \
             and compression.pretrained:

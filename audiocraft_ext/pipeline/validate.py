@@ -55,7 +55,8 @@ def _validated(plan: ReleasePlan, staging: Path, written: Written) -> Validated:
     hf = written.transformers
     if hf is not None and settings.level is not ValidateLevel.none:
         logger.info("proving transformers' model against AudioCraft's")
-        proof = (prove_release(staging, plan.cfg) if plan.family.is_lm
+        proof = (prove_release(staging, plan.cfg, settings.transformers_frames)
+                 if plan.family.is_lm
                  else prove_encodec(staging, plan.cfg))
         hf = {**hf, "proof": proof}
     return Validated(report, clips, hf)

@@ -328,21 +328,42 @@ def _transformers_section(m: Manifest) -> str:
                 'return_tensors="pt")']),
              "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
     if proof:
-        lines += [
-            "Proven equal to AudioCraft's model when exported (float32): decoder logits differ "
-            f"by at most {proof['lm_logits_max_abs_diff']:.2g}, EnCodec decoding by "
-            f"{proof['encodec_decode_max_abs_diff']:.2g}, encoding gives "
-            f"{proof['encodec_encode_identical_codes']:.0%} identical codes, "
-            + (f"the chroma of the same demucs stems {proof['chroma_identical_frames']} of "
-               f"{proof['chroma_frames']} identical frames, " if melody else "")
-            + f"and greedy decoding {proof['greedy_identical_frames']} of "
-            f"{proof['greedy_frames']} identical frames" + _greedy_runs(proof)
-            + (f"; `pipeline(\"text-to-audio\")` produces audio at "
-               f"{proof['pipeline_sampling_rate']} Hz" if "pipeline_sampling_rate" in proof
-               else "")
-            + (f" (transformers {proof['transformers_version']})"
-               if proof.get("transformers_version") else "") + ".", ""]
+        lines += _lm_proof(proof, melody)
     return "\n".join(lines)
+
+
+def _lm_proof(proof: Mapping[str, Any], melody: bool) -> list[str]:
+    """The transformers proof of an LM, as the card states it: what it covered, then each
+    comparison."""
+    frames, generated = proof["greedy_frames"], proof.get("generation_frames")
+    scope = ("" if generated is None else " (the length `generation_config.json` generates)"
+             if frames == generated else f" of the {generated} `generation_config.json` "
+             "generates (`validate.transformers_frames`)")
+    version = (f", transformers {proof['transformers_version']}"
+               if proof.get("transformers_version") else "")
+    early = proof.get("lm_logits_early_frames")
+    logits = (f"at most {proof['lm_logits_max_abs_diff_early']:.2g} apart over the first "
+              f"{early} frames; over all {frames}, at most {proof['lm_logits_max_abs_diff']:.2g} "
+              f"({proof['lm_logits_max_rel_diff']:.2g} of their scale: the stacks round their "
+              "sinusoidal position tables differently, a difference that grows with the "
+              f"position), the same most likely code {proof['lm_logits_argmax_agreement']:.2%} "
+              "of the time" if early is not None
+              else f"at most {proof['lm_logits_max_abs_diff']:.2g} apart")
+    lines = [f"Proven equal to AudioCraft's model when exported (float32{version}), over "
+             f"{frames} frames{scope}:", "",
+             f"- decoder logits on the same codes: {logits};",
+             f"- greedy decoding: {proof['greedy_identical_frames']} of {frames} identical "
+             f"frames{_greedy_runs(proof)};",
+             f"- EnCodec: decoding differs by at most {proof['encodec_decode_max_abs_diff']:.2g}, "
+             f"encoding gives {proof['encodec_encode_identical_codes']:.0%} identical codes;"]
+    if melody:
+        lines.append(f"- the chroma of the same demucs stems: {proof['chroma_identical_frames']} "
+                     f"of {proof['chroma_frames']} identical frames;")
+    if "pipeline_sampling_rate" in proof:
+        lines.append("- `pipeline(\"text-to-audio\")` produces audio at "
+                     f"{proof['pipeline_sampling_rate']} Hz;")
+    lines[-1] = lines[-1][:-1] + "."
+    return [*lines, ""]
 
 
 def _greedy_runs(proof: Mapping[str, Any]) -> str:

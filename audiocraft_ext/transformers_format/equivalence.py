@@ -17,6 +17,8 @@ import torch
 
 from .mapping import checked_decoder, checked_encodec, musicgen_state, value
 
+# frames over which the logits must agree to a fixed bound (see logit_figures)
+EARLY_FRAMES = 20
 # computed by transformers at construction (4.44 keeps it as a parameter), never written
 COMPUTED_KEYS = ("embed_positions.weights",)
 
@@ -145,18 +147,36 @@ def lm_figures(lm: Any, model: Any, attribute: str, cfg_coef: float,
         ours = lm(sequence, [], {attribute: conditions[0]})
         theirs = model(input_ids=texts[0], attention_mask=mask,
                        decoder_input_ids=sequence.reshape(n_q, frames)).logits
-        logits_diff = float((ours - theirs.reshape(ours.shape)).abs().max())
+        logits = logit_figures(ours, theirs.reshape(ours.shape))
         runs = {"guided": (0, cfg_coef), "no_guidance": (0, 1.0), "other_text": (1, cfg_coef)}
         codes = {name: _greedy_codes(lm, model, attribute, conditions[i], texts[i], mask, coef,
                                      frames) for name, (i, coef) in runs.items()}
     identical = {name: _identical_frames(*pair) for name, pair in codes.items()}
     changed = _changed(codes["guided"], codes["other_text"])
-    return {"lm_logits_max_abs_diff": logits_diff, "greedy_frames": frames,
+    return {**logits, "greedy_frames": frames,
             "greedy_identical_frames": identical["guided"],
             "greedy_guidance_scale": cfg_coef,
             "greedy_identical_frames_no_guidance": identical["no_guidance"],
             "greedy_identical_frames_other_text": identical["other_text"],
             "other_text_changes_codes": changed}
+
+
+def logit_figures(ours: torch.Tensor, theirs: torch.Tensor,
+                  early: int = EARLY_FRAMES) -> dict[str, float]:
+    """Logits [batch, n_q, frames, card] of both stacks compared: the largest difference over
+    the first ``early`` frames and over all, the largest relative to the logits' scale (the
+    largest magnitude), and how often both pick the same code. The two stacks round their
+    sinusoidal position tables differently (float32), a difference that grows with the
+    position: the early figure is the one a fixed bound holds for at any length."""
+    diff = (ours - theirs).abs()
+    return {
+        "lm_logits_max_abs_diff": float(diff.max()),
+        "lm_logits_max_abs_diff_early": float(diff[:, :, :early].max()),
+        "lm_logits_early_frames": min(early, ours.shape[2]),
+        "lm_logits_max_rel_diff": float(diff.max() / ours.abs().max().clamp_min(1e-30)),
+        "lm_logits_argmax_agreement": float(
+            (ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
+    }
 
 
 def _identical_frames(ours: torch.Tensor, theirs: torch.Tensor | None) -> int:
@@ -185,7 +205,8 @@ def _greedy_codes(lm: Any, model: Any, attribute: str,
         model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                        guidance_scale=cfg_coef,
                        max_new_tokens=frames + decoder.num_codebooks // channels - 1,
-                       decoder_start_token_id=card, pad_token_id=card, bos_token_id=card)
+                       decoder_start_token_id=card, pad_token_id=card, bos_token_id=card,
+                       top_k=None)  # greedy: the sampling settings of the file do not apply
     if len(captured) != channels:  # generate stopped before decoding any audio
         return ours, None
     # [chunks, batch, n_q, frames] -> [batch, n_q, frames]; stereo decodes the left channel's
@@ -250,7 +271,7 @@ def melody_figures(lm: Any, model: Any, processor: Any, chroma: str, text: str,
         frames_compared = min(ours_chroma.shape[1], theirs_chroma.shape[1])
         chroma_identical = int((ours_chroma[:, :frames_compared]
                                 == theirs_chroma[:, :frames_compared]).all(-1).sum())
-        logits_diff = _melody_logits_diff(lm, model, conditioner, chroma, text, melody,
+        logits = _melody_logits(lm, model, conditioner, chroma, text, melody,
                                           theirs_chroma, sample_rate, frames, text_tokens, seed)
         other = next((m for m in (_tones(hz, sample_rate, seconds) for hz in OTHER_MELODIES_HZ)
                       if not torch.equal(conditioner._extract_chroma(
@@ -265,7 +286,7 @@ def melody_figures(lm: Any, model: Any, processor: Any, chroma: str, text: str,
                  for name, (prompt, wav, coef) in runs.items()}
     figures: dict[str, Any] = {
         "chroma_frames": frames_compared, "chroma_identical_frames": chroma_identical,
-        "lm_logits_max_abs_diff": logits_diff, "greedy_frames": frames,
+        **logits, "greedy_frames": frames,
         "greedy_guidance_scale": cfg_coef,
         "greedy_identical_frames": _identical_frames(*codes["guided"]),
         "greedy_identical_frames_no_guidance": _identical_frames(*codes["no_guidance"]),
@@ -328,10 +349,11 @@ def _wav_condition(wav: torch.Tensor, sample_rate: int) -> Any:
                         path=[None], seek_time=[0.0])
 
 
-def _melody_logits_diff(lm: Any, model: Any, conditioner: Any, chroma: str, text: str,
-                        melody: torch.Tensor, input_features: torch.Tensor, sample_rate: int,
-                        frames: int, text_tokens: int, seed: int) -> float:
-    """Logits of both on the same codes, text (transformers' T5 states) and melody."""
+def _melody_logits(lm: Any, model: Any, conditioner: Any, chroma: str, text: str,
+                   melody: torch.Tensor, input_features: torch.Tensor, sample_rate: int,
+                   frames: int, text_tokens: int, seed: int) -> dict[str, float]:
+    """Logits of both on the same codes, text (transformers' T5 states) and melody
+    (:func:`logit_figures`)."""
     generator = torch.Generator().manual_seed(seed)
     decoder = model.decoder.config
     card, n_q = decoder.vocab_size, decoder.num_codebooks
@@ -347,8 +369,7 @@ def _melody_logits_diff(lm: Any, model: Any, conditioner: Any, chroma: str, text
     theirs = model(input_ids=input_ids, attention_mask=mask, input_features=input_features,
                    decoder_input_ids=sequence.reshape(n_q, frames)).logits
     # transformers' logits cover the prepended conditions too: the codes' are the last
-    theirs = theirs.reshape(1, n_q, -1, card)[:, :, -frames:]
-    return float((ours - theirs).abs().max())
+    return logit_figures(ours, theirs.reshape(1, n_q, -1, card)[:, :, -frames:])
 
 
 def _melody_greedy(lm: Any, model: Any, processor: Any, conditioner: Any, chroma: str,

@@ -319,8 +319,10 @@ def decoder_config_kwargs(lm_cfg: DictConfig, max_positions: int = 2048) -> dict
         "activation_function": ACTIVATIONS[value(lm_cfg, f"{tf}.activation")],
         "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "layerdrop": 0.0,
         "scale_embedding": False, "tie_word_embeddings": False,
-        # audiocraft's special token (the pattern's padding and first input) is card
-        "pad_token_id": card, "bos_token_id": card,
+        # audiocraft's special token (the pattern's padding and first input) is card, one past
+        # the vocabulary: generation takes it from generation_config.json; in the decoder's
+        # config transformers 5.x calls it outside the vocabulary on every load
+        "pad_token_id": None, "bos_token_id": None,
     }
 
 

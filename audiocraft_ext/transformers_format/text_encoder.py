@@ -233,6 +233,7 @@ def save_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
         except Exception as exc:  # a tokenizer built from a user's files fails its own way
             raise ExportError(f"the tokenizer of {text_encoder.origin} cannot be saved "
                               f"({type(exc).__name__}: {first_line(exc)})") from exc
+        _portable_special_tokens(Path(scratch) / "tokenizer_config.json")
         for name in TOKENIZER_FILES:
             found: Any = Path(scratch) / name
             if not found.is_file():
@@ -244,6 +245,22 @@ def save_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
                     _copy_fd(source.fileno(), folder / name, FOLDER_FILES[name][0],
                              f"{name} of {text_encoder.origin}")
     check_tokenizer(text_encoder, folder)
+
+
+def _portable_special_tokens(path: Path) -> None:
+    """transformers 5.x writes T5's ``<extra_id_N>`` tokens as an ``extra_special_tokens``
+    list, which 4.48 to 4.57 read as a dict (``AttributeError: 'list' object has no attribute
+    'keys'``); every release since 4.44 reads them as ``additional_special_tokens``."""
+    if not path.is_file():
+        return
+    content = json.loads(path.read_text())
+    extra = content.get("extra_special_tokens")
+    if not isinstance(extra, list):
+        return
+    del content["extra_special_tokens"]
+    additional = list(content.get("additional_special_tokens") or [])
+    content["additional_special_tokens"] = additional + [t for t in extra if t not in additional]
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
