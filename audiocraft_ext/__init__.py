@@ -16,7 +16,7 @@ Names are imported on first use, so that reading the configuration (``export_app
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _EXPORTS = {
     "export_release": "pipeline.export", "export": "pipeline.export",

@@ -298,9 +298,20 @@ def prove_musicgen(folder: Path, lm_cfg: DictConfig, lm: Any, compression_model:
         figures.update(_pipeline_audio(folder, model.config.audio_encoder.sampling_rate))
     if problems:
         raise ExportError("transformers' model differs from AudioCraft's: " + ", ".join(
-            f"{name} {figures[name]}" for name in problems))
+            f"{name} {figures[name]}" for name in problems) + _unconditioned(melody, figures))
     return {"max_abs_diff_allowed": MAX_ABS_DIFF, "max_rel_diff_allowed": MAX_REL_DIFF,
             "transformers_version": transformers.__version__, **figures}
+
+
+def _unconditioned(melody: Any, figures: Mapping[str, Any]) -> str:
+    """What a melody model's conditioning check failing means, when it does."""
+    import transformers
+
+    if not melody or figures.get("other_text_changes_codes") is not False:
+        return ""
+    return (f" (transformers {transformers.__version__}'s MusicgenMelody.generate ignores its "
+            "text and melody, as 4.57 does: transformers issue #45647; 4.44 to 4.52 and 5.x "
+            "condition it: export with one of those)")
 
 
 def prove_release(folder: Path, lm_cfg: DictConfig, frames: int | None = None) -> dict[str, Any]:
