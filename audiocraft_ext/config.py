@@ -156,6 +156,11 @@ class OutputConfig:
     transformers: bool = False
     # a local folder holding the LM's T5 (default: its name, from the Hub or HF_HOME's cache)
     text_encoder: str | None = None
+    # export the transformers half (output.transformers=true) to ONNX under onnx/, as Optimum
+    # and Transformers.js lay it out, with Optimum's exporter from the toolchain that
+    # `python -m audiocraft_ext.onnx_format.toolchain` installs; proven with ONNX Runtime
+    onnx: bool = False
+    onnx_quantize: bool = False  # also the 8-bit graphs (*_quantized.onnx, Transformers.js' q8)
 
 
 @dataclass

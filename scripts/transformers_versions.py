@@ -19,17 +19,14 @@ AudioCraft's). The last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from audiocraft_ext.onnx_format.toolchain import cache_root, pip_target
 
 # Releases people run, from the oldest that reads a MusicGen folder as the Hub lays it out
 # (4.44) to the last of 4.x: each with the tokenizers release it requires, the last
@@ -51,11 +48,6 @@ def log(msg: str) -> None:
     print(f"[transformers_versions] {msg}", file=sys.stderr, flush=True)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("AUDIOCRAFT_EXT_CACHE",
-                               Path.home() / ".cache" / "audiocraft-ext")).expanduser()
-
-
 def runs_here(version: str) -> bool:
     """Whether ``version`` imports with this process' torch and is not its own transformers."""
     from importlib.metadata import version as installed
@@ -73,27 +65,8 @@ def folder_of(version: str) -> Path:
 
 def install(version: str) -> Path:
     """The folder holding transformers ``version`` and its pins, installed unless there."""
-    home = folder_of(version)
-    home.parent.mkdir(parents=True, exist_ok=True)
-    # one installer at a time (pytest-xdist workers, both stacks' suites); the others find it
-    with open(home.parent / f".{home.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (home / "transformers" / "__init__.py").is_file():
-            return home
-        log(f"installing transformers {version} into {home}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "--no-deps", "--target", str(tmp), f"transformers=={version}",
-                 *RELEASES[version][0]], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"pip could not install transformers {version}: "
-                                   f"{proc.stderr.strip()[-2000:]}")
-            tmp.rename(home)  # readers never see a half-installed folder
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return home
+    return pip_target(folder_of(version), (f"transformers=={version}", *RELEASES[version][0]),
+                      log=log)
 
 
 class _Recorder(logging.Handler):

@@ -31,7 +31,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from audiocraft_ext.app.config_store import register_configs
 from audiocraft_ext.app.demo import write_encodec_xp, write_musicgen_xp
 from tests.support.app_cases import refused_in_process, rejected
-from tests.support.helpers import ROOT, app_env, as_task_config, torch_load
+from tests.support.helpers import (
+    OFFLINE,
+    ONNX_FRAMES,
+    ROOT,
+    app_env,
+    as_task_config,
+    run_app,
+    torch_load,
+)
 
 torch.set_num_threads(1)
 
@@ -288,3 +296,27 @@ def t5_lm_xp(tmp_path_factory) -> Callable[..., Path]:
 def t5_lm(t5_lm_xp) -> Path:
     """:func:`t5_lm_xp`'s LM as the demo makes it."""
     return t5_lm_xp()
+
+
+@pytest.fixture(scope="session")
+def onnx_toolchain() -> Path:
+    """The toolchain `python -m audiocraft_ext.onnx_format.toolchain` installs (from the
+    package index on first use, then cached)."""
+    from audiocraft_ext.onnx_format import toolchain
+
+    return toolchain.pip_target(toolchain.folder(), toolchain.requirements())
+
+
+@pytest.fixture(scope="session")
+def onnx_release(real_xps, tiny_t5_home, onnx_toolchain, tmp_path_factory) -> Path:
+    """The real musicgen_t5 XP exported with its transformers half and its ONNX graphs (8-bit
+    ones too), proven over ONNX_FRAMES frames."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    out = tmp / "release"
+    run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
+            f"input.sig={real_xps['xps']['musicgen_t5']['sig']}", "output.transformers=true",
+            "output.onnx=true", "output.onnx_quantize=true",
+            f"validate.transformers_frames={ONNX_FRAMES}", "validate.duration=0.5",
+            f"output.dir={out}", f"hydra.run.dir={tmp / 'run'}", cwd=tmp,
+            env=app_env(HF_HOME=str(tiny_t5_home), **OFFLINE), check=True)
+    return out

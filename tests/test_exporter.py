@@ -322,5 +322,6 @@ def test_the_library_takes_the_schema_the_command_line_composes(musicgen_ckpt, t
     assert list(result.manifest.state.dtypes) == ["float32"]
     assert result.manifest.state.selected == "auto" and result.manifest.compression is not None
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'overwite' \(options of "
-                                        r"OutputConfig: dtype, license, overwrite, "):
+                                        r"OutputConfig: dtype, license, onnx, onnx_quantize, "
+                                        r"overwrite, "):
         export_release(musicgen_ckpt, tmp_path / "other", overwite=True)

@@ -21,8 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "audiocraft_ext"
 CORE = {"errors", "config", "families"}  # below every layer
 FACE = {"__init__", "__main__"}  # the package's entry points: above every layer
 # bottom to top: a layer may import the core, itself and the layers before it
-LAYERS = ["untrusted", "writing", "reporting", "validation", "transformers_format", "pipeline",
-          "app"]
+LAYERS = ["untrusted", "writing", "reporting", "validation", "transformers_format", "onnx_format",
+          "pipeline", "app"]
 UNTRUSTED_MAY_NOT = ("audiocraft", "transformers", "hydra", "hydra_plugins",
                      *(f"audiocraft_ext.{layer}" for layer in LAYERS if layer != "untrusted"))
 

@@ -151,3 +151,10 @@ def test_an_encodec_of_400_bins_is_refused_before_writing(real_xps, refused, tmp
             f"input.sig={real_xps['xps']['encodec']['sig']}", "output.transformers=true",
             message=r"cannot add transformers' format \(output\.transformers=true\): "
                     r"rvq\.bins 400: not a power of two")
+
+
+def test_a_proof_of_no_frames_is_refused_before_writing(refused, t5_lm, tmp_path):
+    refused(tmp_path, *input_args(t5_lm), "output.transformers=true",
+            "validate.transformers_frames=0",
+            message=r"validate\.transformers_frames=0: the transformers proof needs at least 1 "
+                    r"frame \(unset: the generation length\)")

@@ -29,6 +29,7 @@ from ..config import (
 )
 from ..errors import ExportError, setting, shown
 from ..families import Family, family_of
+from ..onnx_format.files import refusal as onnx_refusal
 from ..reporting.manifest import WeightsRecord
 from ..reporting.model_facts import cfg_of_yaml
 from ..transformers_format.files import refusal
@@ -135,6 +136,10 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
         if problem:
             raise ExportError("cannot add transformers' format "
                               f"({setting('output.transformers', True)}): {problem}")
+    if spec.output.onnx:
+        problem = onnx_refusal(family, cfg, spec.output.transformers)
+        if problem:
+            raise ExportError(f"cannot add ONNX ({setting('output.onnx', True)}): {problem}")
     frames = spec.validate.transformers_frames
     if frames is not None and frames < 1:
         raise ExportError(f"{setting('validate.transformers_frames', frames)}: the transformers "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ValidateLevel
+from ..onnx_format.files import prove_onnx
 from ..reporting.manifest import ValidationReport
 from ..reporting.samples import Clip
 from ..transformers_format.files import prove_encodec, prove_release
@@ -59,4 +60,8 @@ def _validated(plan: ReleasePlan, staging: Path, written: Written) -> Validated:
                  if plan.family.is_lm
                  else prove_encodec(staging, plan.cfg))
         hf = {**hf, "proof": proof}
+        if "onnx" in hf:
+            logger.info("proving the ONNX graphs with ONNX Runtime")
+            hf["onnx"] = {**hf["onnx"], "proof": prove_onnx(
+                staging, proof["greedy_frames"], hf["onnx"]["quantized"])}
     return Validated(report, clips, hf)

@@ -1,4 +1,5 @@
-"""Writing a planned release into its staging folder: audiocraft's files, then transformers'."""
+"""Writing a planned release into its staging folder: audiocraft's files, then transformers'
+(and their ONNX export)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..onnx_format.files import write_onnx_files
 from ..reporting.manifest import StateFacts
 from ..reporting.progress import byte_progress
 from ..transformers_format.files import write_encodec_files, write_musicgen_files
@@ -55,7 +57,12 @@ def _write_transformers(plan: ReleasePlan, staging: Path) -> dict[str, Any]:
     # the plan refused transformers' format for a release without an EnCodec's weights
     assert compression is not None and compression.state is not None and compression_cfg
     logger.info("writing transformers' format (MusicgenForConditionalGeneration)")
+    output = plan.spec.output
     facts = write_musicgen_files(staging, plan.cfg, plan.weights, compression_cfg,
-                                 compression.state, plan.spec.output.text_encoder)
+                                 compression.state, output.text_encoder,
+                                 transformers_js=output.onnx)
     facts["text_encoder"] = plan.recorder.path(facts["text_encoder"])
+    if output.onnx:
+        logger.info("exporting it to ONNX (Optimum's exporter)")
+        facts["onnx"] = write_onnx_files(staging, output.onnx_quantize)
     return facts

@@ -21,6 +21,7 @@ from ..writing.release_format import COMPRESSION_FILE, LM_FILE
 from .card_text import code, fenced, literal, more
 from .finetune import finetune_command
 from .manifest import Manifest, WeightsRecord
+from .onnx_card import onnx_section
 
 UNSET_LICENSE = "unknown"
 MAX_LISTED = 12  # metrics, conditioners... listed in the card; the rest are counted
@@ -329,6 +330,8 @@ def _transformers_section(m: Manifest) -> str:
              "audio = model.generate(**inputs, max_new_tokens=256)", "```", ""]
     if proof:
         lines += _lm_proof(proof, melody)
+    if "onnx" in hf:
+        lines += onnx_section(hf["onnx"], folder)
     return "\n".join(lines)
 
 

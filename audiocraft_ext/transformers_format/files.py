@@ -166,8 +166,12 @@ def t5_name(lm_cfg: DictConfig) -> str:
 
 def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str, Any],
                          compression_cfg: DictConfig, compression_state: Mapping[str, Any],
-                         text_encoder: str | None) -> dict[str, Any]:
-    """Write the transformers files into ``folder``; return what the manifest records."""
+                         text_encoder: str | None, transformers_js: bool = False
+                         ) -> dict[str, Any]:
+    """Write the transformers files into ``folder``; return what the manifest records. For
+    ``transformers_js`` (an ONNX export), the decoder's config names AudioCraft's special token
+    as its padding: Transformers.js reads it there (transformers 5.x then notes once per
+    process that it lies outside the vocabulary)."""
     import transformers
 
     encodec_kwargs, encodec = checked_encodec(lm_cfg, compression_cfg, compression_state)
@@ -176,6 +180,8 @@ def write_musicgen_files(folder: Path, lm_cfg: DictConfig, lm_state: Mapping[str
     frames = _segment_frames(lm_cfg, encodec_kwargs)
     decoder_kwargs, decoder, projection = checked_decoder(lm_cfg, compression_cfg, lm_state)
     decoder_kwargs["max_position_embeddings"] = max(2048, frames + delay + 1)
+    if transformers_js:
+        decoder_kwargs["pad_token_id"] = decoder_kwargs["vocab_size"]
     melody = melody_attributes(lm_cfg) is not None
     with loaded_text_encoder(t5_name(lm_cfg), text_encoder) as t5:
         parts: dict[str, Any] = {

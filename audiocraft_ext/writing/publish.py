@@ -22,19 +22,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ExportError, setting
-from .release_format import MANIFEST_FILE, RELEASE_FILES, SAMPLE_FILES, SAMPLES_DIR, fsync_dir
+from .release_format import MANIFEST_FILE, RELEASE_DIRS, RELEASE_FILES, fsync_dir
 
 logger = logging.getLogger(__name__)
 
 
 def _foreign_entry(folder: Path) -> str | None:
-    """The first entry of ``folder`` that a release does not hold (a release file, or the
-    samples folder holding sample files only), or None. Links are never release entries."""
+    """The first entry of ``folder`` that a release does not hold (a release file, or one of
+    its folders holding its files only), or None. Links are never release entries."""
     for entry in os.scandir(folder):
-        if entry.name == SAMPLES_DIR and entry.is_dir(follow_symlinks=False):
-            for sample in os.scandir(entry.path):
-                if sample.name not in SAMPLE_FILES or not sample.is_file(follow_symlinks=False):
-                    return f"{SAMPLES_DIR}/{sample.name}"
+        if entry.name in RELEASE_DIRS and entry.is_dir(follow_symlinks=False):
+            for inner in os.scandir(entry.path):
+                if inner.name not in RELEASE_DIRS[entry.name] \
+                        or not inner.is_file(follow_symlinks=False):
+                    return f"{entry.name}/{inner.name}"
         elif entry.name not in RELEASE_FILES or not entry.is_file(follow_symlinks=False):
             return entry.name
     return None
@@ -222,17 +223,18 @@ def _is_release_content(folder: Path) -> bool:
 
 
 def _remove_release(folder: Path) -> None:
-    """Remove a folder of ours: its release files and samples, then the folders; anything
-    else stays."""
+    """Remove a folder of ours: its release files and its folders' files, then the folders;
+    anything else stays."""
     if folder.is_symlink() or not folder.is_dir():
         return
     for entry in os.scandir(folder):
         if entry.name in RELEASE_FILES and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
-        elif entry.name == SAMPLES_DIR and entry.is_dir(follow_symlinks=False):
-            for sample in os.scandir(entry.path):
-                if sample.name in SAMPLE_FILES and sample.is_file(follow_symlinks=False):
-                    os.unlink(sample.path)
+        elif entry.name in RELEASE_DIRS and entry.is_dir(follow_symlinks=False):
+            for inner in os.scandir(entry.path):
+                if inner.name in RELEASE_DIRS[entry.name] \
+                        and inner.is_file(follow_symlinks=False):
+                    os.unlink(inner.path)
             try:
                 os.rmdir(entry.path)
             except OSError:

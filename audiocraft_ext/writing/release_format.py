@@ -43,6 +43,14 @@ SAMPLES_DIR = "samples"
 # The clips a release may keep: generated (LMs) or encoded and decoded (EnCodec).
 CLIP_NAMES = ("unconditional", "text", "melody_prompt", "melody", "input", "reconstruction")
 SAMPLE_FILES = frozenset(f"{name}.{ext}" for name in CLIP_NAMES for ext in ("wav", "png"))
+# output.onnx=true: the graphs Optimum and Transformers.js read, 8-bit ones beside them on
+# request, each with the external data of a graph over 2 GB
+ONNX_DIR = "onnx"
+ONNX_GRAPHS = ("text_encoder", "decoder_model_merged", "encodec_decode")
+ONNX_FILES = frozenset(f"{name}{kind}.onnx{data}" for name in ONNX_GRAPHS
+                       for kind in ("", "_quantized") for data in ("", "_data"))
+# the folders a release may hold, and the files each may hold
+RELEASE_DIRS = {SAMPLES_DIR: SAMPLE_FILES, ONNX_DIR: ONNX_FILES}
 
 
 def audiocraft_version() -> str:

@@ -32,6 +32,7 @@ FULL_CHECKS = ["lm_file", "compression_file", "get_pretrained", "generate"]
 LOAD_CHECKS = ["lm_file", "compression_file", "load_compression_model", "load_lm_model"]
 # the environment of a process that must not reach the Hugging Face Hub (read when imported)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+ONNX_FRAMES = 20  # the greedy frames the onnx_release fixture is proven over
 
 
 def torch_load(path: Path):
