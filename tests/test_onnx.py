@@ -4,6 +4,7 @@ reads, and proven with ONNX Runtime against transformers' model; what cannot be 
 refused in one line before anything is written."""
 
 import json
+import shutil
 
 import pytest
 
@@ -44,14 +45,16 @@ def test_the_release_holds_the_onnx_graphs_proven(onnx_release):
 def test_a_release_with_onnx_is_replaced_as_a_release(onnx_release, tiny_t5_home, real_xps,
                                                       tmp_path):
     """The onnx/ folder is the release's own: overwrite=true replaces it, leaves nothing."""
+    release = tmp_path / "release"
+    shutil.copytree(onnx_release, release)  # the fixture's release serves other tests
     run_app("input=xp", f"input.dora_dir={real_xps['dora_dir']}",
             f"input.sig={real_xps['xps']['musicgen_t5']['sig']}", "output.transformers=true",
-            "output.onnx=true", "validate=none", f"output.dir={onnx_release}",
+            "output.onnx=true", "validate=none", f"output.dir={release}",
             "output.overwrite=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
             env=app_env(HF_HOME=str(tiny_t5_home), **OFFLINE), check=True)
-    assert sorted(p.name for p in (onnx_release / "onnx").iterdir()) == sorted(
+    assert sorted(p.name for p in (release / "onnx").iterdir()) == sorted(
         f"{name}.onnx" for name in ONNX_GRAPHS)
-    assert "proof" not in json.loads((onnx_release / "export.json").read_text())[
+    assert "proof" not in json.loads((release / "export.json").read_text())[
         "transformers"]["onnx"]
 
 
