@@ -82,9 +82,10 @@ def probe(release: Path, frames: int, proof_frames: int | None) -> dict[str, Any
     """Load and generate as a user does (warnings recorded), then the export's proof."""
     import torch
     import transformers
-    from omegaconf import OmegaConf
 
+    from audiocraft_ext.reporting.model_facts import cfg_of_yaml
     from audiocraft_ext.transformers_format.files import prove_release
+    from audiocraft_ext.untrusted.safe_load import load_checkpoint
 
     config = json.loads((release / "config.json").read_text())
     model_class = getattr(transformers, config["architectures"][0])
@@ -100,8 +101,9 @@ def probe(release: Path, frames: int, proof_frames: int | None) -> dict[str, Any
             audio = model.generate(**inputs, max_new_tokens=frames)
     logging.getLogger("transformers").removeHandler(recorder)
     said = recorder.messages + [f"{w.category.__name__}: {w.message}" for w in raised]
-    # the release's own xp.cfg (this project's file: no untrusted pickle here)
-    lm_cfg = OmegaConf.create(torch.load(release / "state_dict.bin", weights_only=False)["xp.cfg"])
+    lm_cfg = cfg_of_yaml(load_checkpoint(release / "state_dict.bin")["xp.cfg"], str(release))
+    if lm_cfg is None:
+        raise SystemExit(f"{release}/state_dict.bin holds no xp.cfg")
     return {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
             "warnings": said, "audio_shape": list(audio.shape),
             "audio_finite": bool(torch.isfinite(audio).all()),

@@ -304,7 +304,8 @@ def onnx_toolchain() -> Path:
     package index on first use, then cached)."""
     from audiocraft_ext.onnx_format import toolchain
 
-    return toolchain.pip_target(toolchain.folder(), toolchain.requirements())
+    return toolchain.pip_target(toolchain.folder(), toolchain.requirements(),
+                                check=toolchain.IMPORT_CHECK)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ frames (the last K-1 of codebooks 1..K-1) may differ and the rest may not."""
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def transformers_js() -> Path:
     """@huggingface/transformers from the npm registry, installed once (cached). Its
     onnxruntime-node would fetch GPU libraries from outside the registry on install: skipped,
     its CPU library ships in the package."""
+
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.fail("Node.js and npm are needed (node 20 is on the project's machines)")
 
     def fill(folder: Path) -> None:
         (folder / "package.json").write_text('{"private": true}\n')
@@ -78,7 +82,6 @@ def test_transformers_js_decodes_what_transformers_decodes(onnx_release, transfo
     tail[1:, frames - (books - 1):] = True
     differs = (ours != theirs)[0, 0]
     assert not differs[~tail].any(), np.argwhere(differs & ~tail)[:10]
-    assert (ours[0, 0][~tail] == theirs[0, 0][~tail]).all()
 
 
 def test_transformers_js_runs_the_8_bit_graphs(onnx_release, transformers_js):

@@ -1,6 +1,7 @@
 """The ONNX export and its proof, run in a child process whose path starts with the toolchain
 (:mod:`.toolchain`): transformers < 4.58, Optimum, ONNX Runtime. It reads the release's
-transformers half (already written and proven against AudioCraft) and prints one JSON line.
+transformers half from its staging folder (the export follows its writing; the proof follows
+its proof against AudioCraft) and prints one JSON line.
 
     python -m audiocraft_ext.onnx_format.child export RELEASE OUT [--quantize]
     python -m audiocraft_ext.onnx_format.child prove RELEASE ONNX_DIR --frames N [--quantized]
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .ort_generate import GRAPHS, OrtMusicgen
+from ..writing.release_format import ONNX_GRAPHS
+from .ort_generate import OrtMusicgen
 
 QUANTIZED = "_quantized"
 TEXTS = ("warm lo-fi piano with soft drums", "dark techno with heavy bass")
@@ -46,11 +48,11 @@ def export(release: Path, out: Path, quantize: bool) -> dict[str, Any]:
         merge_decoders(decoder=work / "decoder_model.onnx",
                        decoder_with_past=work / "decoder_with_past_model.onnx",
                        save_path=str(work / "decoder_model_merged.onnx"), strict=False)
-        for name in GRAPHS:
+        for name in ONNX_GRAPHS:
             for found in work.glob(f"{name}.onnx*"):  # .onnx_data: a graph over 2 GB
                 shutil.move(str(found), out / found.name)
         if quantize:
-            for name in GRAPHS:
+            for name in ONNX_GRAPHS:
                 _quantize(out / f"{name}.onnx", out / f"{name}{QUANTIZED}.onnx", work)
     return {"seconds": round(time.perf_counter() - started, 1),
             "files": {p.name: p.stat().st_size for p in sorted(out.iterdir())},
@@ -100,10 +102,10 @@ def prove(release: Path, onnx_dir: Path, frames: int, quantized: bool) -> dict[s
     import torch
     import transformers
 
-    torch.set_num_threads(1)
     model = transformers.MusicgenForConditionalGeneration.from_pretrained(release).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(release)
-    ours = OrtMusicgen(onnx_dir, release)
+    threads = torch.get_num_threads()  # as many for each, for the timing
+    ours = OrtMusicgen(onnx_dir, release, threads=threads)
     scale = float(model.generation_config.guidance_scale or 1.0)
     steps = frames + ours.codebooks - 1  # the delay pattern's steps beyond the frames
     inputs = [tokenizer([text], return_tensors="pt") for text in TEXTS]
@@ -115,6 +117,7 @@ def prove(release: Path, onnx_dir: Path, frames: int, quantized: bool) -> dict[s
         ids, mask = (inputs[text][k].numpy() for k in ("input_ids", "attention_mask"))
         started = time.perf_counter()
         onnx_codes = ours.generate(ids, mask, steps, guidance, fed if run == "guided" else None)
+        ours.decode(onnx_codes)  # as transformers' generate decodes its codes
         seconds["onnxruntime"] += time.perf_counter() - started
         started = time.perf_counter()
         torch_codes = _torch_codes(model, inputs[text], steps, guidance)
@@ -139,12 +142,14 @@ def prove(release: Path, onnx_dir: Path, frames: int, quantized: bool) -> dict[s
         "other_text_changes_codes": bool(
             not np.array_equal(codes["guided"][0], codes["other_text"][0])
             and not np.array_equal(codes["guided"][1], codes["other_text"][1])),
+        # greedy generation and decoding, both stacks on as many CPU threads
         "ms_per_frame": {stack: round(1000 * s / (len(runs) * frames), 2)
                          for stack, s in seconds.items()},
+        "threads": threads,
     }
     if quantized:
         figures["quantized"] = _quantized(release, onnx_dir, inputs[0], steps, scale,
-                                          codes["guided"][1], audio)
+                                          codes["guided"][0], audio, threads)
     return figures
 
 
@@ -207,15 +212,15 @@ def _logits(model: Any, ours: OrtMusicgen, inputs: Any, scale: float,
 
 
 def _quantized(release: Path, onnx_dir: Path, inputs: Any, steps: int, scale: float,
-               torch_codes: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
-    """The 8-bit graphs, reported (not bounded: 8-bit weights change what greedy decoding
-    picks wherever two codes are close)."""
-    quantized = OrtMusicgen(onnx_dir, release, suffix=QUANTIZED)
+               codes: np.ndarray, audio: np.ndarray, threads: int) -> dict[str, Any]:
+    """The 8-bit graphs against the float ones' greedy ``codes`` and their ``audio``, reported
+    (not bounded: 8-bit weights change what greedy decoding picks wherever two codes are
+    close)."""
+    quantized = OrtMusicgen(onnx_dir, release, suffix=QUANTIZED, threads=threads)
     ids, mask = (inputs[k].numpy() for k in ("input_ids", "attention_mask"))
-    codes = quantized.generate(ids, mask, steps, scale)
-    decoded = quantized.decode(torch_codes)
-    return {"greedy_identical_frames": _identical(codes, torch_codes),
-            "decode_max_abs_diff": float(np.abs(decoded - audio).max())}
+    found = quantized.generate(ids, mask, steps, scale)
+    return {"greedy_identical_frames": _identical(found, codes),
+            "decode_max_abs_diff": float(np.abs(quantized.decode(codes) - audio).max())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Greedy MusicGen generation with ONNX Runtime alone (numpy, no torch), over a release's
+"""Greedy MusicGen generation with ONNX Runtime (numpy, no torch), over a release's
 ``onnx/`` folder: ``text_encoder.onnx``, ``decoder_model_merged.onnx`` (the KV-cache branch
 chosen by ``use_cache_branch``) and ``encodec_decode.onnx``, as Optimum and Transformers.js lay
 them out. It decodes as transformers' ``MusicgenForConditionalGeneration.generate(do_sample=
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-GRAPHS = ("text_encoder", "decoder_model_merged", "encodec_decode")
+from ..writing.release_format import ONNX_GRAPHS
 
 
 def delay_pattern_mask(codebooks: int, length: int, pad: int) -> np.ndarray:
@@ -40,7 +40,7 @@ class OrtMusicgen:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         self.sessions = {name: ort.InferenceSession(str(onnx_dir / f"{name}{suffix}.onnx"),
                                                     options, providers=["CPUExecutionProvider"])
-                         for name in GRAPHS}
+                         for name in ONNX_GRAPHS}
         decoder = json.loads((release / "config.json").read_text())["decoder"]
         generation = json.loads((release / "generation_config.json").read_text())
         self.codebooks = int(decoder["num_codebooks"])
@@ -107,6 +107,7 @@ class OrtMusicgen:
                 scores = uncond + (cond - uncond) * scale
             sequence = np.concatenate([sequence, scores.argmax(-1)[:, None]], axis=1)
         codes = np.where(pattern == -1, sequence, pattern)
+        # what transformers keeps: every code but the padding token's (by value, as it does)
         return codes[codes != self.pad].reshape(batch, books, -1)[None]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,15 +30,17 @@ from ..errors import ExportError
 # Two toolchains, by this environment's torch. From torch 2.4: optimum-onnx 0.1.0 (the
 # newest; it calls torch.rms_norm, new in 2.4) over transformers 4.57 (it requires < 4.58).
 # Before: optimum 1.23, whose exporter was still its own, over transformers 4.46 (it requires
-# < 4.47), and the ml_dtypes release that imports with numpy 1.x. Each verified with its stack
-# (torch 2.14.1, numpy 2.4; torch 2.1.0, numpy 1.26); the environment's torch, numpy and
-# protobuf serve the toolchain too.
-COMMON = ("huggingface_hub==0.36.2", "onnx==1.23.2", "onnxruntime==1.32.0",
-          "flatbuffers==25.12.19")
-MODERN = ("transformers==4.57.6", "tokenizers==0.22.1", "optimum==2.1.0", "optimum-onnx==0.1.0",
-          "ml_dtypes==0.7.0")
-BEFORE_TORCH_2_4 = ("transformers==4.46.3", "tokenizers==0.20.3", "optimum==1.23.3",
-                    "ml_dtypes==0.5.4")
+# < 4.47). ml_dtypes 0.5.4 imports with numpy 1.26 and 2.x alike (0.7 needs numpy 2); protobuf
+# is onnx's (6.31 or newer). Each verified with its stack (torch 2.14.1, numpy 2.4; torch 2.1.0,
+# numpy 1.26); the environment's torch and numpy serve the toolchain too.
+COMMON = ("huggingface_hub==0.36.2", "onnx==1.23.2", "onnxruntime==1.32.0", "ml_dtypes==0.5.4",
+          "protobuf==7.36.2", "flatbuffers==25.12.19")
+MODERN = ("transformers==4.57.6", "tokenizers==0.22.1", "optimum==2.1.0", "optimum-onnx==0.1.0")
+BEFORE_TORCH_2_4 = ("transformers==4.46.3", "tokenizers==0.20.3", "optimum==1.23.3")
+# what the child imports: the toolchain is whole only when a process of this environment can
+IMPORT_CHECK = ("import onnx, onnxruntime, transformers; "
+                "from optimum.exporters.onnx import main_export; "
+                "from optimum.onnx import merge_decoders")
 
 
 def cache_root() -> Path:
@@ -80,9 +83,10 @@ def cached_folder(home: Path, fill: Callable[[Path], None]) -> Path:
     return home
 
 
-def pip_target(home: Path, pins: tuple[str, ...],
-               log: Callable[[str], None] | None = None) -> Path:
-    """``pins`` installed into ``home`` (``pip install --no-deps --target``), unless there."""
+def pip_target(home: Path, pins: tuple[str, ...], log: Callable[[str], None] | None = None,
+               check: str | None = None) -> Path:
+    """``pins`` installed into ``home`` (``pip install --no-deps --target``), unless there;
+    ``check``, Python code, must then run with the folder first on the path."""
 
     def fill(folder: Path) -> None:
         if log is not None:
@@ -92,9 +96,28 @@ def pip_target(home: Path, pins: tuple[str, ...],
              "--no-deps", "--target", str(folder), *pins], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"pip could not install {' '.join(pins)}: "
-                               f"{proc.stderr.strip()[-2000:]}")
+                               f"{_last_line(proc.stderr)}")
+        if check is not None:
+            proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                  env=_env_with(folder), cwd=folder)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(pins)} do not import with this environment: "
+                                   f"{_last_line(proc.stderr)}")
 
     return cached_folder(home, fill)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "(nothing said)"
+
+
+def _env_with(first: Path) -> dict[str, str]:
+    """This environment with ``first`` and then this package's own folder ahead of anything
+    else on the path (the child must import both, whatever its working directory)."""
+    package_root = Path(__file__).resolve().parents[2]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(first), str(package_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 INSTALL_COMMAND = "python -m audiocraft_ext.onnx_format.toolchain"
@@ -109,23 +132,33 @@ def refusal() -> str | None:
             f"package index, into {folder()})")
 
 
-def run_child(command: str, *args: str, timeout: float | None = None) -> dict[str, Any]:
+def run_child(command: str, *args: str) -> dict[str, Any]:
     """``python -m audiocraft_ext.onnx_format.child command args`` with the toolchain first on
-    the path; its last stdout line, a JSON object. Its failure is one line."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(folder()), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    the path, run from the toolchain's folder (so that nothing in the user's working directory
+    shadows it; ``args`` are absolute paths); its last stdout line, a JSON object. Its failure
+    is one line."""
     proc = subprocess.run([sys.executable, "-m", "audiocraft_ext.onnx_format.child", command,
-                           *args], capture_output=True, text=True, env=env, timeout=timeout)
+                           *args], capture_output=True, text=True, errors="replace",
+                          env=_env_with(folder()), cwd=folder())
+    if proc.returncode < 0:
+        raise ExportError(f"the ONNX {command} was killed by signal "
+                          f"{signal.Signals(-proc.returncode).name} (out of memory?)")
     lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        said = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        reason = said[-1].strip()[:500] if said else f"exit status {proc.returncode}"
-        raise ExportError(f"the ONNX {command} failed: {reason}")
-    return dict(json.loads(lines[-1]))
+    try:
+        if proc.returncode == 0 and lines:
+            return dict(json.loads(lines[-1]))
+    except ValueError:
+        pass
+    raise ExportError(f"the ONNX {command} failed: {_last_line(proc.stderr)}")
 
 
 def main() -> int:
-    home = pip_target(folder(), requirements(), log=lambda m: print(m, file=sys.stderr))
+    try:
+        home = pip_target(folder(), requirements(), check=IMPORT_CHECK, log=lambda m: print(
+            f"{m}\n(about 260 MB once installed)", file=sys.stderr))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(home)
     return 0
 

@@ -30,7 +30,7 @@ from ..config import (
 from ..errors import ExportError, setting, shown
 from ..families import Family, family_of
 from ..onnx_format.files import refusal as onnx_refusal
-from ..reporting.manifest import WeightsRecord
+from ..reporting.manifest import StateFacts, WeightsRecord
 from ..reporting.model_facts import cfg_of_yaml
 from ..transformers_format.files import refusal
 from ..transformers_format.mapping import encodec_refusals
@@ -137,9 +137,13 @@ def plan_release(source: CheckpointSource, spec: ExportConfig, out_dir: Path,
             raise ExportError("cannot add transformers' format "
                               f"({setting('output.transformers', True)}): {problem}")
     if spec.output.onnx:
-        problem = onnx_refusal(family, cfg, spec.output.transformers)
+        problem = onnx_refusal(family, cfg, spec.output.transformers,
+                               StateFacts.of(weights).parameters)
         if problem:
             raise ExportError(f"cannot add ONNX ({setting('output.onnx', True)}): {problem}")
+    elif spec.output.onnx_quantize:
+        raise ExportError(f"{setting('output.onnx_quantize', True)} quantizes the ONNX graphs: "
+                          f"add {setting('output.onnx', True)}")
     frames = spec.validate.transformers_frames
     if frames is not None and frames < 1:
         raise ExportError(f"{setting('validate.transformers_frames', frames)}: the transformers "

@@ -59,7 +59,8 @@ def _proof(proof: Mapping[str, Any]) -> list[str]:
         f"EnCodec decoding at most {proof['decode_max_abs_diff']:.2g} apart "
         f"({proof['decode_max_rel_diff']:.2g} of the audio's scale)",
         f"{speed['onnxruntime']:g} ms per frame with ONNX Runtime, {speed['pytorch']:g} with "
-        "PyTorch (one CPU thread each, greedy runs with the KV cache)"]
+        f"PyTorch (greedy generation and decoding, {proof.get('threads', 1)} CPU thread(s) "
+        "each)"]
     quantized = proof.get("quantized")
     if quantized:
         items.append(f"the 8-bit graphs: {quantized['greedy_identical_frames']} of {frames} "

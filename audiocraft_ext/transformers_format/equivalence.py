@@ -19,7 +19,8 @@ from .mapping import checked_decoder, checked_encodec, musicgen_state, value
 
 # frames over which the logits must agree to a fixed bound (see logit_figures)
 EARLY_FRAMES = 20
-# computed by transformers at construction (4.44 keeps it as a parameter), never written
+# computed by transformers at construction (4.44 to 4.48 keep it as a parameter): a release
+# writes it (files.POSITIONS_KEY), a folder written otherwise may lack it
 COMPUTED_KEYS = ("embed_positions.weights",)
 
 
@@ -272,7 +273,7 @@ def melody_figures(lm: Any, model: Any, processor: Any, chroma: str, text: str,
         chroma_identical = int((ours_chroma[:, :frames_compared]
                                 == theirs_chroma[:, :frames_compared]).all(-1).sum())
         logits = _melody_logits(lm, model, conditioner, chroma, text, melody,
-                                          theirs_chroma, sample_rate, frames, text_tokens, seed)
+                                theirs_chroma, sample_rate, frames, text_tokens, seed)
         other = next((m for m in (_tones(hz, sample_rate, seconds) for hz in OTHER_MELODIES_HZ)
                       if not torch.equal(conditioner._extract_chroma(
                           conditioner._get_stemmed_wav(m[None], sample_rate)), ours_chroma)),

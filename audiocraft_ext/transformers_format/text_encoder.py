@@ -253,14 +253,14 @@ def _portable_special_tokens(path: Path) -> None:
     'keys'``); every release since 4.44 reads them as ``additional_special_tokens``."""
     if not path.is_file():
         return
-    content = json.loads(path.read_text())
+    content = json.loads(path.read_text(encoding="utf-8"))
     extra = content.get("extra_special_tokens")
     if not isinstance(extra, list):
         return
     del content["extra_special_tokens"]
     additional = list(content.get("additional_special_tokens") or [])
     content["additional_special_tokens"] = additional + [t for t in extra if t not in additional]
-    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def check_tokenizer(text_encoder: TextEncoder, folder: Path) -> None:
