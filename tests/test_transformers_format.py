@@ -230,3 +230,21 @@ def test_encodec_variants_are_equivalent(causal: bool, tmp_path) -> None:
     figures = encodec_figures(compression, load_strictly(EncodecModel, tmp_path), 4)
     assert figures["encodec_decode_max_abs_diff"] <= 1e-4
     assert figures["encodec_encode_identical_codes"] == 1.0
+
+
+def test_greedy_codes_must_agree_early_and_may_part_late():
+    """Past STRICT_GREEDY_FRAMES a near-tie may part the stacks; before, nothing may."""
+    from audiocraft_ext.transformers_format.equivalence import first_difference
+    from audiocraft_ext.transformers_format.files import STRICT_GREEDY_FRAMES, greedy_agrees
+
+    codes = torch.zeros(1, 4, 300, dtype=torch.long)
+    late, early = codes.clone(), codes.clone()
+    late[0, 2, 280:] = 1
+    early[0, 3, 7] = 1
+    assert first_difference([(codes, codes)]) is None
+    assert first_difference([(codes, codes), (codes, late)]) == 280
+    assert first_difference([(codes, late), (codes, early)]) == 7
+    assert first_difference([(codes, None)]) == 0
+    assert greedy_agrees(None, 300) and greedy_agrees(280, 300)
+    assert not greedy_agrees(7, 300) and not greedy_agrees(STRICT_GREEDY_FRAMES - 1, 300)
+    assert not greedy_agrees(19, 20)  # a proof shorter than the window: every frame

@@ -139,6 +139,7 @@ def prove(release: Path, onnx_dir: Path, frames: int, quantized: bool) -> dict[s
                                      / max(float(np.abs(audio).max()), 1e-30)),
         **{f"greedy_identical_frames{'' if run == 'guided' else '_' + run}":
            _identical(*pair) for run, pair in codes.items()},
+        "greedy_first_difference": _first_difference(codes.values()),
         "other_text_changes_codes": bool(
             not np.array_equal(codes["guided"][0], codes["other_text"][0])
             and not np.array_equal(codes["guided"][1], codes["other_text"][1])),
@@ -179,6 +180,18 @@ def _identical(ours: np.ndarray, theirs: np.ndarray) -> int:
     if ours.shape != theirs.shape:
         return 0
     return int((ours == theirs).all(axis=(0, 1, 2)).sum())
+
+
+def _first_difference(runs: Any) -> int | None:
+    """The first frame at which ONNX Runtime's and PyTorch's codes part in any run, or None."""
+    found = None
+    for ours, theirs in runs:
+        if ours.shape != theirs.shape:
+            return 0
+        parted = np.flatnonzero((ours != theirs).reshape(-1, ours.shape[-1]).any(axis=0))
+        if parted.size:
+            found = int(parted[0]) if found is None else min(found, int(parted[0]))
+    return found
 
 
 def _logits(model: Any, ours: OrtMusicgen, inputs: Any, scale: float,

@@ -21,7 +21,7 @@ from ..writing.release_format import COMPRESSION_FILE, LM_FILE
 from .card_text import code, fenced, literal, more
 from .finetune import finetune_command
 from .manifest import Manifest, WeightsRecord
-from .onnx_card import onnx_section
+from .onnx_card import onnx_section, parted
 
 UNSET_LICENSE = "unknown"
 MAX_LISTED = 12  # metrics, conditioners... listed in the card; the rest are counted
@@ -356,7 +356,7 @@ def _lm_proof(proof: Mapping[str, Any], melody: bool) -> list[str]:
              f"{frames} frames{scope}:", "",
              f"- decoder logits on the same codes: {logits};",
              f"- greedy decoding: {proof['greedy_identical_frames']} of {frames} identical "
-             f"frames{_greedy_runs(proof)};",
+             f"frames{_greedy_runs(proof)}{parted(proof)};",
              f"- EnCodec: decoding differs by at most {proof['encodec_decode_max_abs_diff']:.2g}, "
              f"encoding gives {proof['encodec_encode_identical_codes']:.0%} identical codes;"]
     if melody:

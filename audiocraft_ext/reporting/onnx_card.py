@@ -40,6 +40,16 @@ def onnx_section(onnx: Mapping[str, Any], folder: str) -> list[str]:
     return [*lines, ""]
 
 
+def parted(proof: Mapping[str, Any]) -> str:
+    """Where two stacks' greedy codes first part, when they do (past the frames every run must
+    agree on), in the card's words."""
+    first = proof.get("greedy_first_difference")
+    if first is None:
+        return ""
+    return (f" (the stacks first part at frame {first}, where a close choice between two "
+            "codes can tip either way with their rounding)")
+
+
 def _proof(proof: Mapping[str, Any]) -> list[str]:
     frames = proof["frames"]
     speed = proof["ms_per_frame"]
@@ -55,7 +65,7 @@ def _proof(proof: Mapping[str, Any]) -> list[str]:
         f"with guidance {proof['guidance_scale']:g}, "
         f"{proof['greedy_identical_frames_no_guidance']} of {frames} without, "
         f"{proof['greedy_identical_frames_other_text']} of {frames} for another text, which "
-        f"{changes}",
+        f"{changes}{parted(proof)}",
         f"EnCodec decoding at most {proof['decode_max_abs_diff']:.2g} apart "
         f"({proof['decode_max_rel_diff']:.2g} of the audio's scale)",
         f"{speed['onnxruntime']:g} ms per frame with ONNX Runtime, {speed['pytorch']:g} with "

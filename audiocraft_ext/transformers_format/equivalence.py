@@ -8,7 +8,7 @@ that is missing or unexpected fails it. Figures come back as a dict for the mani
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,7 @@ def lm_figures(lm: Any, model: Any, attribute: str, cfg_coef: float,
             "greedy_guidance_scale": cfg_coef,
             "greedy_identical_frames_no_guidance": identical["no_guidance"],
             "greedy_identical_frames_other_text": identical["other_text"],
+            "greedy_first_difference": first_difference(codes.values()),
             "other_text_changes_codes": changed}
 
 
@@ -178,6 +179,19 @@ def logit_figures(ours: torch.Tensor, theirs: torch.Tensor,
         "lm_logits_argmax_agreement": float(
             (ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
     }
+
+
+def first_difference(runs: Iterable[tuple[Any, Any]]) -> int | None:
+    """The first frame at which the two stacks' codes part in any run, or None. Past it an
+    autoregressive run follows its own codes, so later frames say little."""
+    found = None
+    for ours, theirs in runs:
+        if theirs is None or tuple(theirs.shape) != tuple(ours.shape):
+            return 0
+        parted = (ours != theirs).reshape(-1, ours.shape[-1]).any(0).nonzero()
+        if len(parted):
+            found = min(int(parted[0]), found if found is not None else int(parted[0]))
+    return found
 
 
 def _identical_frames(ours: torch.Tensor, theirs: torch.Tensor | None) -> int:
@@ -293,6 +307,7 @@ def melody_figures(lm: Any, model: Any, processor: Any, chroma: str, text: str,
         "greedy_identical_frames_no_guidance": _identical_frames(*codes["no_guidance"]),
         "greedy_identical_frames_other_text": _identical_frames(*codes["other_text"]),
         "other_text_changes_codes": _changed(codes["guided"], codes["other_text"])}
+    figures["greedy_first_difference"] = first_difference(codes.values())
     if "other_melody" in codes:
         figures.update({
             "greedy_identical_frames_other_melody": _identical_frames(*codes["other_melody"]),
