@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from audiocraft_ext.onnx_format.toolchain import cache_root, cached_folder
+from audiocraft_ext.transformers_format.equivalence import codes_captured
 from tests.support.helpers import ROOT
 
 TRANSFORMERS_JS = "4.3.2"
@@ -53,16 +54,8 @@ def _python_codes(release: Path, input_ids: list[int], guidance: float) -> np.nd
     import transformers
 
     model = transformers.MusicgenForConditionalGeneration.from_pretrained(release).eval()
-    captured = []
-    decode = model.audio_encoder.decode
-
-    def recording(codes, *args, **kwargs):
-        captured.append(codes)
-        return decode(codes, *args, **kwargs)
-
-    model.audio_encoder.decode = recording
     ids = torch.tensor([input_ids])
-    with torch.no_grad():
+    with codes_captured(model) as captured, torch.no_grad():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                        guidance_scale=guidance, max_new_tokens=STEPS)
     return captured[0].numpy()

@@ -6,7 +6,7 @@ its proof against AudioCraft) and prints one JSON line.
     python -m audiocraft_ext.onnx_format.child export RELEASE OUT [--quantize]
     python -m audiocraft_ext.onnx_format.child prove RELEASE ONNX_DIR --frames N [--quantized]
 
-Nothing here imports audiocraft: the child needs the toolchain's transformers, not the user's.
+Nothing here imports audiocraft: the child needs only the toolchain's transformers.
 """
 
 from __future__ import annotations
@@ -158,20 +158,11 @@ def _torch_codes(model: Any, inputs: Any, steps: int, guidance: float) -> np.nda
     """The codes transformers' ``generate`` hands its audio decoder (it returns audio)."""
     import torch
 
-    captured: list[Any] = []
-    decode = model.audio_encoder.decode
+    from ..transformers_format.equivalence import codes_captured
 
-    def recording(audio_codes: Any, *args: Any, **kwargs: Any) -> Any:
-        captured.append(audio_codes)
-        return decode(audio_codes, *args, **kwargs)
-
-    model.audio_encoder.decode = recording
-    try:
-        with torch.no_grad():
-            model.generate(**inputs, do_sample=False, guidance_scale=guidance, top_k=None,
-                           max_new_tokens=steps)
-    finally:
-        del model.audio_encoder.decode
+    with codes_captured(model) as captured, torch.no_grad():
+        model.generate(**inputs, do_sample=False, guidance_scale=guidance, top_k=None,
+                       max_new_tokens=steps)
     return captured[0].numpy()
 
 

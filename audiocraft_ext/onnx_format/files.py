@@ -3,7 +3,6 @@ made, writing it and proving it, each through the toolchain's child process (:mo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from ..errors import ExportError, setting
 from ..families import Family
 from ..transformers_format.files import greedy_agrees
 from ..transformers_format.mapping import audio_channels, melody_attributes
-from ..writing.release_format import ONNX_DIR, ONNX_FILES, fsync_dir
+from ..writing.release_format import ONNX_DIR, ONNX_FILES, settle
 from . import toolchain
 
 # what the proof accepts (float32): both run transformers' graph, rounding aside
@@ -51,13 +50,7 @@ def write_onnx_files(folder: Path, quantize: bool) -> dict[str, Any]:
     foreign = sorted(set(made["files"]) - ONNX_FILES)
     if foreign:  # the staging folder is removed only when it holds release files alone
         raise ExportError(f"the ONNX export wrote {foreign[0]!r}, which a release does not hold")
-    for name in made["files"]:  # fsync'ed like every release file
-        fd = os.open(out / name, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(out)
+    settle(out, sorted(made["files"]))
     return {"files": {f"{ONNX_DIR}/{name}": size for name, size in made["files"].items()},
             "toolchain": made["versions"], "quantized": quantize,
             "export_seconds": made["seconds"]}

@@ -112,7 +112,7 @@ def _conditions_given(lm: Any, provider: torch.nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _codes_captured(model: Any) -> Iterator[list[torch.Tensor]]:
+def codes_captured(model: Any) -> Iterator[list[torch.Tensor]]:
     """Record the codes transformers' ``generate`` hands its audio decoder (it returns audio)."""
     captured: list[torch.Tensor] = []
     decode = model.audio_encoder.decode
@@ -215,7 +215,7 @@ def _greedy_codes(lm: Any, model: Any, attribute: str,
         ours = lm.generate(conditions=[ConditioningAttributes(text={attribute: "given"})],
                            max_gen_len=frames, use_sampling=False, cfg_coef=cfg_coef,
                            two_step_cfg=False)
-    with _codes_captured(model) as captured:
+    with codes_captured(model) as captured:
         # the delay pattern needs (codebooks per channel - 1) steps beyond the frames
         model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                        guidance_scale=cfg_coef,
@@ -405,7 +405,7 @@ def _melody_greedy(lm: Any, model: Any, processor: Any, conditioner: Any, chroma
     features = processor.feature_extractor(stems[:, 0], sampling_rate=sample_rate,
                                            return_tensors="pt").input_features
     tokens = processor.tokenizer([prompt], return_tensors="pt")
-    with _codes_captured(model) as captured:
+    with codes_captured(model) as captured:
         model.generate(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                        input_features=features, do_sample=False, guidance_scale=cfg_coef,
                        max_new_tokens=frames + decoder.num_codebooks // decoder.audio_channels

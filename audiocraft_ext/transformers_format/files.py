@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ..validation.lean_loading import lean_loading
 from ..writing.release_format import (
     COMPRESSION_FILE,
     TRANSFORMERS_FILES,
+    settle,
     write_text,
 )
 from .equivalence import (
@@ -113,37 +113,10 @@ def write_encodec_files(folder: Path, compression_cfg: DictConfig,
 
 
 def _fsynced(folder: Path) -> list[str]:
-    """The transformers files in ``folder``, each fsync'ed like the rest of the release
-    (transformers and safetensors write them without) and given its files' mode: 0644 less
-    the umask (safetensors creates ``model.safetensors`` 0600, through a temporary file)."""
-    names = sorted(p.name for p in folder.iterdir() if p.name in TRANSFORMERS_FILES)
-    mode = FILE_MODE & ~_umask()
-    for name in names:
-        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return names
-
-
-FILE_MODE = 0o644  # the mode every release file is created with (writing/torch_zip.py)
-
-
-def _umask() -> int:
-    """This process's umask: read from /proc on Linux (setting it, the only portable way to
-    read it, would race with the threads that create files meanwhile)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The transformers files in ``folder``, settled like the rest of the release
+    (transformers and safetensors write them without fsync, some 0600)."""
+    return settle(folder, sorted(p.name for p in folder.iterdir()
+                                 if p.name in TRANSFORMERS_FILES))
 
 
 def prove_encodec(folder: Path, compression_cfg: DictConfig) -> dict[str, Any]:

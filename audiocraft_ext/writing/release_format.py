@@ -106,6 +106,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def settle(folder: Path, names: list[str]) -> list[str]:
+    """Files another library wrote into ``folder`` (transformers, safetensors, ONNX), made
+    like the release's own: each given their mode, 0644 less the umask (safetensors creates
+    0600, through a temporary file), and fsync'ed, then the folder; returns ``names``."""
+    mode = FILE_MODE & ~_umask()
+    for name in names:
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(folder)
+    return names
+
+
+FILE_MODE = 0o644  # the mode every release file is created with (torch_zip.py)
+
+
+def _umask() -> int:
+    """This process's umask: read from /proc on Linux (setting it, the only portable way to
+    read it, would race with the threads that create files meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text(text: str, path: Path) -> None:
     """Write a small text file (UTF-8), fsync'ed like the rest of the release."""
     write_bytes(text.encode(), path)
